@@ -1,0 +1,55 @@
+"""Optimizer parameter groups (DeepLab LR multipliers) and the poly schedule."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.optim import SGD, AdamW, Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from ..errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    head_lr_mult: float = 10.0,
+    bias_lr_mult: float = 2.0,
+    bias_weight_decay: bool = False,
+) -> list[dict]:
+    """Split parameters as the DeepLab prototxts do.
+
+    Weights get ``lr``; biases (and other 1-D parameters such as BN affine terms)
+    get ``lr * bias_lr_mult`` and, unless ``bias_weight_decay``, no decay; the
+    newly initialised classifier (``model.classifier_parameters()``) gets
+    ``head_lr_mult`` on top (fc8: x10 weights, x20 bias in v1/v2).
+    """
+    head = {id(p) for p in model.classifier_parameters()}
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            buckets.setdefault((id(p) in head, p.ndim <= 1), []).append(p)
+    groups = []
+    for (is_head, is_bias), params in sorted(buckets.items()):
+        mult = (head_lr_mult if is_head else 1.0) * (bias_lr_mult if is_bias else 1.0)
+        decay = weight_decay if (not is_bias or bias_weight_decay) else 0.0
+        groups.append({"params": params, "lr": lr * mult, "weight_decay": decay})
+    return groups
+
+
+def build_optimizer(
+    name: str, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = False
+) -> Optimizer:
+    """SGD with momentum (the papers' recipe) or AdamW (fast from-scratch training)."""
+    if name == "sgd":
+        return SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if name == "adamw":
+        return AdamW(groups, lr=lr)
+    raise ConfigError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def poly_scheduler(optimizer: Optimizer, max_iters: int, power: float = 0.9) -> LambdaLR:
+    """``lr = base_lr * (1 - iter / max_iters) ** power``, stepped once per iteration."""
+    return LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / max_iters) ** power)

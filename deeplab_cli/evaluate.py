@@ -1,0 +1,109 @@
+"""``deeplab-eval``: evaluate a checkpoint on whole images at their original size."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from . import factory
+from ._paths import config_dir
+from .config import TrainConfig, register_configs
+from .data.palette import voc_palette
+from .engine.checkpoint import CheckpointError, load_checkpoint
+from .engine.logger import format_table
+from .engine.loop import evaluate
+from .engine.metrics import compute_metrics
+from .errors import DeepLabError
+
+log = logging.getLogger("deeplab_cli.evaluate")
+register_configs()
+
+#: Selecting one of these groups on the command line replaces these stored nodes.
+_GROUP_NODES = {
+    "model": ("model", "backbone", "head"),
+    "backbone": ("backbone",),
+    "head": ("head",),
+    "dataset": ("dataset",),
+}
+
+
+def merge_overrides(stored: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The checkpoint's training config with the user's command-line overrides on top.
+
+    Only keys the user named are taken from the eval-time composition, so a
+    checkpoint trained on VOC with a ResNet is evaluated as such unless asked.
+    """
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        top = key.split(".")[0].split("/")[0]
+        if top not in _GROUP_NODES:
+            continue
+        if "." not in key:
+            for node in _GROUP_NODES[top]:
+                merged[node] = cfg[node]
+        else:
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    return merged
+
+
+def save_prediction(out_dir: Path, image_id: str, pred: torch.Tensor) -> None:
+    """A VOC-palette PNG of the image's size."""
+    img = Image.fromarray(pred.to(torch.uint8).cpu().numpy(), mode="P")
+    img.putpalette(voc_palette())
+    img.save(out_dir / f"{image_id}.png")
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Rebuild the model from the checkpoint, evaluate, write ``metrics.json``."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    state = load_checkpoint(cfg.checkpoint)
+    if "config" not in state or "model" not in state:
+        raise CheckpointError(
+            f"checkpoint {cfg.checkpoint} is not a deeplab-cli checkpoint (no 'config'/'model' entries)"
+        )
+    train_cfg = merge_overrides(state["config"], cfg, list(HydraConfig.get().overrides.task))
+    factory.validate(train_cfg)
+    device = factory.select_device(train_cfg.trainer.device)
+    model = factory.make_model(train_cfg, pretrained=False)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    dataset = factory.make_eval_dataset(train_cfg, cfg.eval.split)
+    pred_dir = run_dir / "predictions"
+    if cfg.save_predictions:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_prediction(index: int, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if cfg.save_predictions:
+            save_prediction(pred_dir, dataset.ids[index], pred)
+
+    loader = factory.make_eval_loader(dataset, cfg.eval.num_workers)
+    matrix = evaluate(model, loader, train_cfg.model.num_classes, device, on_prediction)
+    metrics = compute_metrics(matrix.matrix, factory.class_names(train_cfg))
+    metrics.update(num_images=len(dataset), checkpoint=str(cfg.checkpoint), split=dataset.split)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(format_table(metrics))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+def main(cfg: DictConfig) -> float:
+    try:
+        return float(run_eval(cfg)["mIoU"])
+    except DeepLabError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Map a composed config to objects. Only the entry points call this; modules never see ``cfg``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from .data.palette import VOC_CLASSES
+from .data.sampler import IterationBatchSampler
+from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from .data.transforms import eval_transforms, train_transforms
+from .data.voc import VOCSegmentation
+from .engine.losses import LABEL_POLICIES
+from .errors import ConfigError
+from .models.builder import ModelSpec, build_model
+from .models.segmenter import DeepLab
+
+RESUME_VALUES = ("false", "true", "auto")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Combinations the schema cannot express; checked before any data or weights load."""
+    if cfg.trainer.label_policy not in LABEL_POLICIES:
+        raise ConfigError(f"trainer.label_policy={cfg.trainer.label_policy!r}; choose one of {LABEL_POLICIES}.")
+    if str(cfg.resume).lower() not in RESUME_VALUES:
+        raise ConfigError(f"resume={cfg.resume!r}; choose one of {', '.join(RESUME_VALUES)}.")
+    if cfg.model.num_classes != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} disagrees with dataset.num_classes="
+            f"{cfg.dataset.num_classes} ({cfg.dataset.name}); set both to the number of classes."
+        )
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"model.output_stride={cfg.model.output_stride}; choose one of 8, 16, 32.")
+    for key in ("max_iters", "batch_size", "accumulate", "val_interval", "log_interval"):
+        if cfg.trainer[key] < 1:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]} must be at least 1.")
+    lo, hi = cfg.dataset.scale_range
+    if not 0 < lo <= hi:
+        raise ConfigError(f"dataset.scale_range={[lo, hi]} must satisfy 0 < low <= high.")
+
+
+def class_names(cfg: DictConfig) -> list[str]:
+    """``dataset.class_names`` if given, else VOC's names (or numbers past 21)."""
+    if cfg.dataset.class_names:
+        return list(cfg.dataset.class_names)
+    n = cfg.dataset.num_classes
+    return list(VOC_CLASSES[:n]) + [f"class_{i}" for i in range(len(VOC_CLASSES), n)]
+
+
+def model_spec(cfg: DictConfig) -> ModelSpec:
+    """Architecture arguments from the ``model``, ``backbone`` and ``head`` nodes."""
+    backbone: dict[str, Any] = OmegaConf.to_container(cfg.backbone, resolve=True)  # type: ignore[assignment]
+    head: dict[str, Any] = OmegaConf.to_container(cfg.head, resolve=True)  # type: ignore[assignment]
+    return ModelSpec(
+        backbone=backbone.pop("name"),
+        head=head.pop("name"),
+        num_classes=cfg.model.num_classes,
+        output_stride=cfg.model.output_stride,
+        backbone_args=backbone,
+        head_args=head,
+    )
+
+
+def make_model(cfg: DictConfig, pretrained: bool | None = None) -> DeepLab:
+    use_pretrained = cfg.model.pretrained if pretrained is None else pretrained
+    return build_model(model_spec(cfg), pretrained=use_pretrained, weights_file=cfg.model.weights)
+
+
+def dataset_root(cfg: DictConfig) -> str:
+    """The dataset root, generating the synthetic set on first use."""
+    if cfg.dataset.synthetic is not None:
+        spec = SyntheticSpec(num_classes=cfg.dataset.num_classes, **cfg.dataset.synthetic)
+        ensure_synthetic_voc(cfg.dataset.root, spec)
+    return cfg.dataset.root
+
+
+def make_train_loader(cfg: DictConfig, start_iter: int) -> DataLoader:
+    """Iteration-based loader: yields ``max_iters * accumulate`` micro-batches from ``start_iter``."""
+    d, t = cfg.dataset, cfg.trainer
+    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, d.mean, d.std)
+    dataset = VOCSegmentation(dataset_root(cfg), d.train_split, d.mask_dir, transforms)
+    sampler = IterationBatchSampler(
+        len(dataset), t.batch_size, t.max_iters * t.accumulate, start=start_iter * t.accumulate, seed=t.seed
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=d.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def make_eval_dataset(cfg: DictConfig, split: str | None = None) -> VOCSegmentation:
+    d = cfg.dataset
+    return VOCSegmentation(dataset_root(cfg), split or d.val_split, d.mask_dir, eval_transforms(d.mean, d.std))
+
+
+def make_eval_loader(dataset: VOCSegmentation, num_workers: int) -> DataLoader:
+    """Batch size 1: whole images of different sizes, never cropped or padded."""
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu or auto.")
+    return device

@@ -1,0 +1,1 @@
+"""Segmentation heads: map backbone features to class logits."""

@@ -1,0 +1,139 @@
+"""``deeplab-train``: a thin Hydra wrapper around :func:`run_train`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from . import factory
+from ._paths import config_dir
+from .config import register_configs
+from .engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .engine.logger import TensorBoardLogger, format_table
+from .engine.loop import evaluate, group_micro_batches, train_step
+from .engine.metrics import compute_metrics
+from .engine.optim import build_optimizer, param_groups, poly_scheduler
+from .errors import DeepLabError
+
+log = logging.getLogger("deeplab_cli.train")
+register_configs()
+
+
+def _resume_from(run_dir: Path, resume: str) -> Path | None:
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume == "true" and not last.is_file():
+        raise CheckpointError(f"resume=true but {last} does not exist; pass the run's hydra.run.dir=...")
+    return last if resume in ("true", "auto") and last.is_file() else None
+
+
+def _save(path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConfig, best: float) -> None:
+    atomic_save(
+        {
+            "format": "deeplab-cli",
+            "version": 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "iteration": iteration,
+            "best_miou": best,
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
+        path,
+    )
+
+
+def validate_model(model, cfg: DictConfig, device, tb: TensorBoardLogger, step: int) -> dict[str, Any]:
+    """Evaluate on ``dataset.val_split`` and log metrics plus a few image panels."""
+    dataset = factory.make_eval_dataset(cfg)
+    n_vis = cfg.trainer.num_vis_images
+
+    def show(index: int, pred, target) -> None:
+        if index < n_vis:
+            tb.panel(f"val/panel_{index}", dataset.load_rgb(index), target, pred, step)
+
+    loader = factory.make_eval_loader(dataset, cfg.dataset.num_workers)
+    matrix = evaluate(model, loader, cfg.model.num_classes, device, on_prediction=show)
+    metrics = compute_metrics(matrix.matrix, factory.class_names(cfg))
+    metrics["num_images"] = len(dataset)
+    tb.metrics(metrics, step)
+    return metrics
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """Train ``cfg.trainer.max_iters`` iterations; returns the final validation metrics."""
+    factory.validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = factory.select_device(cfg.trainer.device)
+    t = cfg.trainer
+    resume_path = _resume_from(run_dir, str(cfg.resume).lower())
+    torch.manual_seed(t.seed)
+    model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
+    o = cfg.optim
+    groups = param_groups(model, o.lr, o.weight_decay, o.head_lr_mult, o.bias_lr_mult, o.bias_weight_decay)
+    optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.nesterov)
+    scheduler = poly_scheduler(optimizer, t.max_iters, o.poly_power)
+    start, best = 0, -1.0
+    if resume_path is not None:
+        state = load_checkpoint(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, best = int(state["iteration"]), float(state["best_miou"])
+        log.info("resumed from %s at iteration %d", resume_path, start)
+    tb = TensorBoardLogger(run_dir / "tensorboard")
+    ckpt_dir = run_dir / "checkpoints"
+    metrics: dict[str, Any] = {}
+    steps = group_micro_batches(factory.make_train_loader(cfg, start), t.accumulate)
+    bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
+    it = start
+    try:
+        for it in range(start + 1, t.max_iters + 1):
+            loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device)
+            bar.update(1)
+            if it % t.log_interval == 0 or it == t.max_iters:
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                tb.scalars({"train/loss": loss, "train/lr": lr}, it)
+            if it % t.val_interval == 0 or it == t.max_iters:
+                metrics = validate_model(model, cfg, device, tb, it)
+                log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
+                if metrics["mIoU"] > best:
+                    best = metrics["mIoU"]
+                    _save(ckpt_dir / "best.pt", model, optimizer, scheduler, it, cfg, best)
+                _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
+    except KeyboardInterrupt:
+        # Finish cleanly: the last completed iteration is checkpointed so resume=true continues.
+        _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it - 1 if it > start else start, cfg, best)
+        raise
+    finally:
+        bar.close()
+        tb.close()
+    metrics["iteration"] = t.max_iters
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("final validation:\n%s", format_table(metrics))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Returns the final mIoU so sweepers (Optuna) can optimise it."""
+    try:
+        return float(run_train(cfg)["mIoU"])
+    except DeepLabError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
