@@ -20,7 +20,7 @@ from PIL import Image
 
 from .palette import IGNORE_INDEX, voc_palette
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = ".synthetic.json"
 
 
@@ -38,11 +38,12 @@ class SyntheticSpec:
 
 
 def class_colours(num_classes: int) -> np.ndarray:
-    """Saturated, well separated colours for the object classes 1..C-1."""
+    """Saturated colours for the object classes 1..C-1: evenly spaced hues at two brightness levels."""
     n = num_classes - 1
-    hues = [(i * 0.618034) % 1.0 for i in range(n)]
-    values = [1.0 if i % 2 == 0 else 0.6 for i in range(n)]
-    rgb = [colorsys.hsv_to_rgb(h, 0.85, v) for h, v in zip(hues, values, strict=True)]
+    n_hues = (n + 1) // 2
+    hues = [(i % n_hues) / n_hues for i in range(n)]
+    values = [1.0 if i < n_hues else 0.5 for i in range(n)]
+    rgb = [colorsys.hsv_to_rgb(h, 0.9, v) for h, v in zip(hues, values, strict=True)]
     return (np.array(rgb) * 255).astype(np.float32)
 
 
@@ -85,8 +86,8 @@ def make_sample(rng: np.random.Generator, spec: SyntheticSpec, colours: np.ndarr
     yy, xx = np.mgrid[0:h, 0:w]
     for cls in np.unique(label)[1:]:
         m = label == cls
-        stripes = 12.0 * np.sin((xx if cls % 2 else yy) * (0.5 + 0.1 * (cls % 5)))
-        colour = colours[cls - 1] * rng.uniform(0.85, 1.1)
+        stripes = 8.0 * np.sin((xx if cls % 2 else yy) * (0.5 + 0.1 * (cls % 5)))
+        colour = colours[cls - 1] * rng.uniform(0.92, 1.05)
         image[m] = colour + stripes[m, None] + rng.normal(0, 6, size=(int(m.sum()), 3))
     label = label.astype(np.uint8)
     label[_boundary_band(label.astype(np.int16), spec.boundary)] = IGNORE_INDEX

@@ -28,8 +28,12 @@ class ConfusionMatrix:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         keep = target != IGNORE_INDEX
         t, p = target[keep].long(), pred[keep].long()
-        if t.numel() and int(t.max()) >= self.num_classes:
-            raise ValueError(f"label value {int(t.max())} is outside 0..{self.num_classes - 1} and not 255")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
+            bad = int(t.max()) if int(t.max()) >= self.num_classes else int(t.min())
+            raise ValueError(f"label value {bad} is outside 0..{self.num_classes - 1} and not 255")
+        if p.numel() and (int(p.min()) < 0 or int(p.max()) >= self.num_classes):
+            bad = int(p.max()) if int(p.max()) >= self.num_classes else int(p.min())
+            raise ValueError(f"prediction value {bad} is outside 0..{self.num_classes - 1}")
         idx = t * self.num_classes + p
         self.matrix += torch.bincount(idx, minlength=self.num_classes**2).view(self.num_classes, -1)
 
