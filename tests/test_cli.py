@@ -107,7 +107,11 @@ def test_eval_reproduces_final_validation_and_saves_predictions(trained: Path, t
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("optim.lrr=0.1", "optim.lrr"), ("trainer.max_iters=abc", "trainer.max_iters"), ("backbone.foo=1", "backbone.foo")],
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("trainer.max_iters=abc", "trainer.max_iters"),
+        ("backbone.foo=1", "backbone.foo"),
+    ],
 )
 def test_bad_config_fails_before_reading_data(tmp_path: Path, override: str, needle: str) -> None:
     data = tmp_path / "data"
