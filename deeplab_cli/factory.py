@@ -90,7 +90,7 @@ def make_train_loader(cfg: DictConfig, start_iter: int) -> DataLoader:
         batch_sampler=sampler,
         num_workers=d.num_workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        generator=torch.Generator().manual_seed(t.seed),  # never draw from the global RNG (dropout's)
     )
 
 
@@ -101,7 +101,9 @@ def make_eval_dataset(cfg: DictConfig, split: str | None = None) -> VOCSegmentat
 
 def make_eval_loader(dataset: VOCSegmentation, num_workers: int) -> DataLoader:
     """Batch size 1: whole images of different sizes, never cropped or padded."""
-    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
+    return DataLoader(
+        dataset, batch_size=1, shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def select_device(name: str) -> torch.device:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,38 @@ from .errors import DeepLabError
 
 log = logging.getLogger("deeplab_cli.train")
 register_configs()
+
+
+class TrainingInterrupted(DeepLabError):
+    """The user pressed Ctrl-C; ``last.pt`` holds the last finished iteration."""
+
+
+class StopOnSigint:
+    """Turn the first Ctrl-C into a request honoured between iterations.
+
+    Interrupting inside ``optimizer.step()`` would leave a half-updated model; we
+    finish the step, checkpoint it and stop. A second Ctrl-C aborts at once (the
+    last periodic checkpoint stays intact, it is written atomically).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: finishing the current iteration and writing checkpoints/last.pt (again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _resume_from(run_dir: Path, resume: str) -> Path | None:
@@ -96,29 +130,31 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     steps = group_micro_batches(factory.make_train_loader(cfg, start), t.accumulate)
     bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
-    it = start
-    try:
-        for it in range(start + 1, t.max_iters + 1):
-            loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device)
-            bar.update(1)
-            if it % t.log_interval == 0 or it == t.max_iters:
-                lr = optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                tb.scalars({"train/loss": loss, "train/lr": lr}, it)
-            if it % t.val_interval == 0 or it == t.max_iters:
-                metrics = validate_model(model, cfg, device, tb, it)
-                log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
-                if metrics["mIoU"] > best:
-                    best = metrics["mIoU"]
-                    _save(ckpt_dir / "best.pt", model, optimizer, scheduler, it, cfg, best)
-                _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
-    except KeyboardInterrupt:
-        # Finish cleanly: the last completed iteration is checkpointed so resume=true continues.
-        _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it - 1 if it > start else start, cfg, best)
-        raise
-    finally:
-        bar.close()
-        tb.close()
+    with StopOnSigint() as stop:
+        try:
+            for it in range(start + 1, t.max_iters + 1):
+                loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device)
+                bar.update(1)
+                if it % t.log_interval == 0 or it == t.max_iters:
+                    lr = optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                    tb.scalars({"train/loss": loss, "train/lr": lr}, it)
+                if it % t.val_interval == 0 or it == t.max_iters:
+                    metrics = validate_model(model, cfg, device, tb, it)
+                    log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
+                    if metrics["mIoU"] > best:
+                        best = metrics["mIoU"]
+                        _save(ckpt_dir / "best.pt", model, optimizer, scheduler, it, cfg, best)
+                    _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
+                if stop.requested and it < t.max_iters:
+                    _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
+                    raise TrainingInterrupted(
+                        f"interrupted after iteration {it}; {ckpt_dir / 'last.pt'} holds it. Continue with "
+                        f"deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides)."
+                    )
+        finally:
+            bar.close()
+            tb.close()
     metrics["iteration"] = t.max_iters
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("final validation:\n%s", format_table(metrics))
@@ -130,6 +166,9 @@ def main(cfg: DictConfig) -> float:
     """Returns the final mIoU so sweepers (Optuna) can optimise it."""
     try:
         return float(run_train(cfg)["mIoU"])
+    except TrainingInterrupted as exc:
+        print(f"Stopped: {exc}", file=sys.stderr)
+        raise SystemExit(130) from None
     except DeepLabError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

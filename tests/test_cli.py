@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,13 @@ def test_tensorboard_has_loss_lr_miou_and_panels(trained: Path) -> None:
 
 def test_eval_reproduces_final_validation_and_saves_predictions(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    proc = cli("deeplab-eval", f"checkpoint={trained / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={out}",
-               "save_predictions=true", "eval.num_workers=0")
+    proc = cli(
+        "deeplab-eval",
+        f"checkpoint={trained / 'checkpoints' / 'last.pt'}",
+        f"hydra.run.dir={out}",
+        "save_predictions=true",
+        "eval.num_workers=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     train_metrics = json.loads((trained / "metrics.json").read_text())
     eval_metrics = json.loads((out / "metrics.json").read_text())
@@ -123,8 +129,14 @@ def test_bad_config_fails_before_reading_data(tmp_path: Path, override: str, nee
 
 
 def test_missing_voc_root_names_path_and_prepare_script(tmp_path: Path) -> None:
-    proc = cli("deeplab-train", f"hydra.run.dir={tmp_path / 'run'}", "~experiment", "dataset=voc",
-               "dataset.root=/nonexistent", "model.pretrained=false")
+    proc = cli(
+        "deeplab-train",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "~experiment",
+        "dataset=voc",
+        "dataset.root=/nonexistent",
+        "model.pretrained=false",
+    )
     assert proc.returncode == 1
     assert "/nonexistent" in proc.stderr and "scripts/prepare_voc.py" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -138,8 +150,14 @@ def test_num_classes_mismatch_is_rejected(tmp_path: Path) -> None:
 
 def test_multirun_sweep_leaves_one_run_dir_per_job(tmp_path: Path, synthetic_root: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = cli("deeplab-train", "-m", "optim.lr=0.01,0.001", f"hydra.sweep.dir={sweep}",
-               f"dataset.root={synthetic_root}", *[o.replace("max_iters=4", "max_iters=2") for o in TINY])
+    proc = cli(
+        "deeplab-train",
+        "-m",
+        "optim.lr=0.01,0.001",
+        f"hydra.sweep.dir={sweep}",
+        f"dataset.root={synthetic_root}",
+        *[o.replace("max_iters=4", "max_iters=2") for o in TINY],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert len(runs) == 2
@@ -170,22 +188,32 @@ def _compose(run_dir: Path, overrides: list[str]):
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthetic_root: Path, monkeypatch) -> None:
-    common = [f"dataset.root={synthetic_root}", *TINY, "trainer.max_iters=6", "trainer.val_interval=2"]
+    # dropout on: the resumed run must also restore the RNG that draws the dropout masks
+    common = [
+        f"dataset.root={synthetic_root}",
+        *TINY,
+        "trainer.max_iters=6",
+        "trainer.val_interval=2",
+        "head.dropout=0.5",
+    ]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     train_mod.run_train(_compose(full_dir, common))
 
     real_step, calls = train_mod.train_step, {"n": 0}
 
-    def interrupted_step(*args, **kwargs):
+    def ctrl_c_during_step_4(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:  # iterations 1-4 done, checkpoint written at 4
-            raise KeyboardInterrupt
+        if calls["n"] == 4:  # Ctrl-C arrives in the middle of iteration 4
+            os.kill(os.getpid(), signal.SIGINT)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.run_train(_compose(cut_dir, common))
+    monkeypatch.setattr(train_mod, "train_step", ctrl_c_during_step_4)
+    with pytest.raises(train_mod.TrainingInterrupted, match="resume=true") as info:
+        train_mod.run_train(_compose(cut_dir, [*common, "trainer.val_interval=5"]))
+    assert "iteration 4" in str(info.value)
+    assert calls["n"] == 4, "the loop must stop after finishing the interrupted iteration"
     assert load_checkpoint(cut_dir / "checkpoints" / "last.pt")["iteration"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.setattr(train_mod, "train_step", real_step)
     train_mod.run_train(_compose(cut_dir, [*common, "resume=true"]))
 
@@ -218,14 +246,30 @@ def test_eval_override_on_stored_config(trained: Path) -> None:
 @pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
 def test_train_and_eval_on_real_voc_sample(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = cli("deeplab-train", f"hydra.run.dir={run}", "dataset=voc", f"dataset.root={VOC_SAMPLE}",
-               "dataset.crop_size=97", "trainer.max_iters=2", "trainer.val_interval=2", "trainer.batch_size=2",
-               "trainer.progress=false", "dataset.num_workers=0", "backbone.width_mult=0.125", "head.channels=16")
+    proc = cli(
+        "deeplab-train",
+        f"hydra.run.dir={run}",
+        "dataset=voc",
+        f"dataset.root={VOC_SAMPLE}",
+        "dataset.crop_size=97",
+        "trainer.max_iters=2",
+        "trainer.val_interval=2",
+        "trainer.batch_size=2",
+        "trainer.progress=false",
+        "dataset.num_workers=0",
+        "backbone.width_mult=0.125",
+        "head.channels=16",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["num_images"] == 8
     out = tmp_path / "eval"
-    proc = cli("deeplab-eval", f"checkpoint={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={out}",
-               "save_predictions=true", "eval.num_workers=0")
+    proc = cli(
+        "deeplab-eval",
+        f"checkpoint={run / 'checkpoints' / 'last.pt'}",
+        f"hydra.run.dir={out}",
+        "save_predictions=true",
+        "eval.num_workers=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from PIL import Image
 

@@ -212,11 +212,6 @@ def test_voc_palette_matches_voclabelcolormap() -> None:
     assert rgb[255] == (224, 224, 192)  # void
 
 
-def test_voc_palette_agrees_with_shared_palette_module() -> None:
-    palette = pytest.importorskip("deeplab_cli.data.palette")
-    assert pv.voc_palette() == list(palette.voc_palette())
-
-
 def test_fake_mat_roundtrips_like_sbd(tmp_path: Path, fake: FakeData) -> None:
     image_id = "2008_000001"
     mat_path = tmp_path / f"{image_id}.mat"

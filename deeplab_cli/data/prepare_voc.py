@@ -38,6 +38,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 from tqdm import tqdm
+from .palette import voc_palette  # noqa: F401 - re-exported for callers of this module
 
 CHUNK_SIZE = 1 << 20
 TIMEOUT_S = 60.0
@@ -110,25 +111,6 @@ class Layout:
 
 
 # --------------------------------------------------------------------------- palette
-
-
-def voc_palette() -> list[int]:
-    """Return the 256-colour VOC palette (768 ints) from VOC's ``VOClabelcolormap``.
-
-    Writing masks with this exact palette keeps them pixel-identical in meaning
-    and appearance to the official ``SegmentationClass`` PNGs.
-    """
-    palette: list[int] = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.extend((r, g, b))
-    return palette
 
 
 # -------------------------------------------------------------------------- download

@@ -1,0 +1,95 @@
+"""Training step, gradient accumulation and start-up config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from deeplab_cli import factory
+from deeplab_cli._paths import config_dir
+from deeplab_cli.config import register_configs
+from deeplab_cli.engine.loop import group_micro_batches, train_step
+from deeplab_cli.engine.optim import build_optimizer, param_groups, poly_scheduler
+from deeplab_cli.errors import ConfigError
+from deeplab_cli.models.builder import ModelSpec, build_model
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        "vgg16", "largefov", 5, backbone_args={"width_mult": 0.125}, head_args={"channels": 16, "dropout": 0}
+    )
+    return build_model(spec).double()
+
+
+def _step(model, micro_batches) -> None:
+    groups = param_groups(model, 0.1, 5e-4, head_lr_mult=10, bias_lr_mult=2)
+    optimizer = build_optimizer("sgd", groups, 0.1, momentum=0.9)
+    train_step(model, micro_batches, optimizer, poly_scheduler(optimizer, 10), "nearest", torch.device("cpu"))
+
+
+def test_accumulated_micro_batches_equal_one_big_batch() -> None:
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, 33, 33, dtype=torch.float64)
+    labels = torch.randint(0, 5, (4, 33, 33))  # no 255: every micro-batch has the same pixel count
+    big, accumulated = _model(), _model()
+    _step(big, [(images, labels)])
+    _step(accumulated, [(images[:2], labels[:2]), (images[2:], labels[2:])])
+    for (name, a), b in zip(big.named_parameters(), accumulated.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
+    untouched = _model()
+    assert not torch.equal(untouched.head.fc8.weight, big.head.fc8.weight)
+
+
+def test_group_micro_batches_chunks_and_drops_index() -> None:
+    loader = [(torch.full((1,), i), torch.full((1,), -i), i) for i in range(6)]
+    chunks = list(group_micro_batches(loader, 3))
+    assert len(chunks) == 2 and all(len(c) == 3 for c in chunks)
+    assert [int(x) for x, _ in chunks[1]] == [3, 4, 5]
+
+
+def _cfg(*overrides: str):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("trainer.label_policy=bilinear", ["trainer.label_policy", "nearest", "upsample"]),
+        ("resume=maybe", ["resume", "auto"]),
+        ("model.output_stride=12", ["model.output_stride=12", "8, 16, 32"]),
+        ("model.num_classes=3", ["model.num_classes=3", "dataset.num_classes=21"]),
+        ("trainer.batch_size=0", ["trainer.batch_size=0"]),
+        ("dataset.scale_range=[1.5,0.5]", ["dataset.scale_range"]),
+    ],
+)
+def test_validate_rejects_impossible_values(override: str, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        factory.validate(_cfg(override))
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_default_config_is_valid_and_is_the_quickstart() -> None:
+    cfg = _cfg()
+    factory.validate(cfg)
+    assert cfg.dataset.name == "synthetic" and cfg.model.name == "deeplabv1_largefov"
+    assert cfg.model.pretrained is False  # the default run must work offline
+
+
+def test_voc_experiment_is_the_paper_recipe() -> None:
+    cfg = _cfg("experiment=deeplabv1_largefov_voc")
+    factory.validate(cfg)
+    assert cfg.dataset.name == "voc_aug" and cfg.dataset.train_split == "train_aug"
+    assert cfg.dataset.mask_dir == "SegmentationClassAug"
+    assert cfg.model.pretrained and cfg.optim.name == "sgd"
+    assert (cfg.optim.lr, cfg.optim.head_lr_mult, cfg.optim.bias_lr_mult) == (1e-3, 10.0, 2.0)
+    assert (cfg.backbone.width_mult, cfg.backbone.batch_norm, cfg.backbone.avg_pool) == (1.0, False, True)
+    assert (cfg.head.dilation, cfg.head.channels, cfg.head.dropout) == (12, 1024, 0.5)
+    assert factory.model_spec(cfg).num_classes == 21
+    assert sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters()) == 20_505_429
