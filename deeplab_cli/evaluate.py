@@ -21,8 +21,6 @@ from .config import TrainConfig, register_configs
 from .data.palette import voc_palette
 from .engine.checkpoint import CheckpointError, load_checkpoint
 from .engine.logger import format_table
-from .engine.loop import evaluate
-from .engine.metrics import compute_metrics
 from .errors import DeepLabError
 
 log = logging.getLogger("deeplab_cli.evaluate")
@@ -87,10 +85,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         if cfg.save_predictions:
             save_prediction(pred_dir, dataset.ids[index], pred)
 
-    loader = factory.make_eval_loader(dataset, cfg.eval.num_workers)
-    matrix = evaluate(model, loader, train_cfg.model.num_classes, device, on_prediction)
-    metrics = compute_metrics(matrix.matrix, factory.class_names(train_cfg))
-    metrics.update(num_images=len(dataset), checkpoint=str(cfg.checkpoint), split=dataset.split)
+    metrics = factory.evaluate_split(model, train_cfg, dataset, device, cfg.eval.num_workers, on_prediction)
+    metrics.update(checkpoint=str(cfg.checkpoint), split=dataset.split)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_table(metrics))
     return metrics

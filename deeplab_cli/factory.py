@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .data.palette import VOC_CLASSES
@@ -13,7 +15,9 @@ from .data.sampler import IterationBatchSampler
 from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from .data.transforms import eval_transforms, train_transforms
 from .data.voc import VOCSegmentation
+from .engine.loop import evaluate
 from .engine.losses import LABEL_POLICIES
+from .engine.metrics import compute_metrics
 from .errors import ConfigError
 from .models.builder import ModelSpec, build_model
 from .models.segmenter import DeepLab
@@ -104,6 +108,22 @@ def make_eval_loader(dataset: VOCSegmentation, num_workers: int) -> DataLoader:
     return DataLoader(
         dataset, batch_size=1, shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
     )
+
+
+def evaluate_split(
+    model: DeepLab,
+    cfg: DictConfig,
+    dataset: VOCSegmentation,
+    device: torch.device,
+    num_workers: int,
+    on_prediction: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``dataset``: the one path used by validation and by deeplab-eval."""
+    loader = make_eval_loader(dataset, num_workers)
+    matrix = evaluate(model, loader, cfg.model.num_classes, device, on_prediction)
+    metrics = compute_metrics(matrix.matrix, class_names(cfg))
+    metrics["num_images"] = len(dataset)
+    return metrics
 
 
 def select_device(name: str) -> torch.device:

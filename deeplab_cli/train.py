@@ -21,8 +21,7 @@ from ._paths import config_dir
 from .config import register_configs
 from .engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .engine.logger import TensorBoardLogger, format_table
-from .engine.loop import evaluate, group_micro_batches, train_step
-from .engine.metrics import compute_metrics
+from .engine.loop import group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .errors import DeepLabError
 
@@ -95,10 +94,7 @@ def validate_model(model, cfg: DictConfig, device, tb: TensorBoardLogger, step: 
         if index < n_vis:
             tb.panel(f"val/panel_{index}", dataset.load_rgb(index), target, pred, step)
 
-    loader = factory.make_eval_loader(dataset, cfg.dataset.num_workers)
-    matrix = evaluate(model, loader, cfg.model.num_classes, device, on_prediction=show)
-    metrics = compute_metrics(matrix.matrix, factory.class_names(cfg))
-    metrics["num_images"] = len(dataset)
+    metrics = factory.evaluate_split(model, cfg, dataset, device, cfg.dataset.num_workers, show)
     tb.metrics(metrics, step)
     return metrics
 
