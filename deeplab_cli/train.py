@@ -122,38 +122,46 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         start, best = int(state["iteration"]), float(state["best_miou"])
         log.info("resumed from %s at iteration %d", resume_path, start)
     tb = TensorBoardLogger(run_dir / "tensorboard")
+    try:
+        metrics = _loop(model, optimizer, scheduler, cfg, start, best, tb, run_dir, device)
+        if not metrics:  # resumed a finished run: nothing trained, report its validation
+            metrics = validate_model(model, cfg, device, tb, t.max_iters)
+    finally:
+        tb.close()
+    metrics["iteration"] = t.max_iters
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("final validation:\n%s", format_table(metrics))
+    return metrics
+
+
+def _loop(model, optimizer, scheduler, cfg, start: int, best: float, tb, run_dir: Path, device) -> dict[str, Any]:
+    """Iterations ``start+1 .. max_iters`` with logging, validation and checkpoints."""
+    t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
     metrics: dict[str, Any] = {}
     steps = group_micro_batches(factory.make_train_loader(cfg, start), t.accumulate)
     bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
-    with StopOnSigint() as stop:
-        try:
-            for it in range(start + 1, t.max_iters + 1):
-                loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device)
-                bar.update(1)
-                if it % t.log_interval == 0 or it == t.max_iters:
-                    lr = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                    tb.scalars({"train/loss": loss, "train/lr": lr}, it)
-                if it % t.val_interval == 0 or it == t.max_iters:
-                    metrics = validate_model(model, cfg, device, tb, it)
-                    log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
-                    if metrics["mIoU"] > best:
-                        best = metrics["mIoU"]
-                        _save(ckpt_dir / "best.pt", model, optimizer, scheduler, it, cfg, best)
-                    _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
-                if stop.requested and it < t.max_iters:
-                    _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
-                    raise TrainingInterrupted(
-                        f"interrupted after iteration {it}; {ckpt_dir / 'last.pt'} holds it. Continue with "
-                        f"deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides)."
-                    )
-        finally:
-            bar.close()
-            tb.close()
-    metrics["iteration"] = t.max_iters
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("final validation:\n%s", format_table(metrics))
+    with StopOnSigint() as stop, bar:
+        for it in range(start + 1, t.max_iters + 1):
+            loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device)
+            bar.update(1)
+            if it % t.log_interval == 0 or it == t.max_iters:
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                tb.scalars({"train/loss": loss, "train/lr": lr}, it)
+            if it % t.val_interval == 0 or it == t.max_iters:
+                metrics = validate_model(model, cfg, device, tb, it)
+                log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
+                if metrics["mIoU"] > best:
+                    best = metrics["mIoU"]
+                    _save(ckpt_dir / "best.pt", model, optimizer, scheduler, it, cfg, best)
+                _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
+            if stop.requested and it < t.max_iters:
+                _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
+                raise TrainingInterrupted(
+                    f"interrupted after iteration {it}; {ckpt_dir / 'last.pt'} holds it. Continue with "
+                    f"deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides)."
+                )
     return metrics
 
 

@@ -217,6 +217,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthe
     monkeypatch.setattr(train_mod, "train_step", real_step)
     train_mod.run_train(_compose(cut_dir, [*common, "resume=true"]))
 
+    # resuming a finished run trains nothing and reports the same validation
+    again = train_mod.run_train(_compose(cut_dir, [*common, "resume=true"]))
+    assert again["mIoU"] == json.loads((cut_dir / "metrics.json").read_text())["mIoU"]
     full = load_checkpoint(full_dir / "checkpoints" / "last.pt")["model"]
     resumed = load_checkpoint(cut_dir / "checkpoints" / "last.pt")["model"]
     assert full.keys() == resumed.keys()

@@ -114,9 +114,7 @@ def _build_fake_data() -> FakeData:
             )
         _add(tar, f"{base}/ImageSets/Segmentation/train.txt", _split(VOC_TRAIN))
         _add(tar, f"{base}/ImageSets/Segmentation/val.txt", _split(VOC_VAL))
-        _add(
-            tar, f"{base}/ImageSets/Segmentation/trainval.txt", _split(sorted(voc_ids))
-        )
+        _add(tar, f"{base}/ImageSets/Segmentation/trainval.txt", _split(sorted(voc_ids)))
     mat_bytes = {i: _sbd_mat_bytes(sbd_masks[i]) for i in sbd_ids}
     sbd_buf = io.BytesIO()
     with tarfile.open(fileobj=sbd_buf, mode="w:gz") as tar:
@@ -126,9 +124,7 @@ def _build_fake_data() -> FakeData:
             _add(tar, f"{base}/img/{image_id}.jpg", _jpeg_bytes(n + 10))
         _add(tar, f"{base}/train.txt", _split(SBD_TRAIN))
         _add(tar, f"{base}/val.txt", _split(SBD_VAL))
-    return FakeData(
-        voc_buf.getvalue(), sbd_buf.getvalue(), voc_masks, sbd_masks, mat_bytes
-    )
+    return FakeData(voc_buf.getvalue(), sbd_buf.getvalue(), voc_masks, sbd_masks, mat_bytes)
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +155,7 @@ class FakeServer:
         self.honour_range = honour_range
         self.requests: list[urllib.request.Request] = []
 
-    def __call__(
-        self, request: urllib.request.Request, timeout: float | None = None
-    ) -> FakeResponse:
+    def __call__(self, request: urllib.request.Request, timeout: float | None = None) -> FakeResponse:
         self.requests.append(request)
         body = self.files[request.full_url]
         range_header = request.get_header("Range")
@@ -182,12 +176,8 @@ def _md5(data: bytes) -> str:
 def server(monkeypatch: pytest.MonkeyPatch, fake: FakeData) -> FakeServer:
     """Point the resource table at fake URLs/md5s and serve them from memory."""
     voc, sbd = pv.RESOURCES["voc"], pv.RESOURCES["sbd"]
-    monkeypatch.setitem(
-        pv.RESOURCES, "voc", pv.Resource(voc.filename, VOC_URL, _md5(fake.voc_tar))
-    )
-    monkeypatch.setitem(
-        pv.RESOURCES, "sbd", pv.Resource(sbd.filename, SBD_URL, _md5(fake.sbd_tgz))
-    )
+    monkeypatch.setitem(pv.RESOURCES, "voc", pv.Resource(voc.filename, VOC_URL, _md5(fake.voc_tar)))
+    monkeypatch.setitem(pv.RESOURCES, "sbd", pv.Resource(sbd.filename, SBD_URL, _md5(fake.sbd_tgz)))
     srv = FakeServer({VOC_URL: fake.voc_tar, SBD_URL: fake.sbd_tgz})
     monkeypatch.setattr(urllib.request, "urlopen", srv)
     return srv
@@ -225,15 +215,11 @@ def test_fake_mat_roundtrips_like_sbd(tmp_path: Path, fake: FakeData) -> None:
 
 
 def test_compute_train_aug_excludes_voc_val() -> None:
-    got = pv.compute_train_aug(
-        set(VOC_TRAIN), set(VOC_VAL), set(SBD_TRAIN), set(SBD_VAL)
-    )
+    got = pv.compute_train_aug(set(VOC_TRAIN), set(VOC_VAL), set(SBD_TRAIN), set(SBD_VAL))
     assert got == EXPECTED_TRAIN_AUG
 
 
-def test_prepare_builds_aug_dataset(
-    tmp_path: Path, server: FakeServer, fake: FakeData
-) -> None:
+def test_prepare_builds_aug_dataset(tmp_path: Path, server: FakeServer, fake: FakeData) -> None:
     root = tmp_path / "data"
     assert pv.main(["--root", str(root), "--workers", "2"]) == 0
     voc = root / "VOCdevkit" / "VOC2012"
@@ -250,9 +236,7 @@ def test_prepare_builds_aug_dataset(
         expected = fake.voc_masks.get(image_id, fake.sbd_masks.get(image_id))
         np.testing.assert_array_equal(np.asarray(image), expected)
     for shared in ("2007_000032", "2007_000033"):  # in both VOC and SBD
-        assert (aug / f"{shared}.png").read_bytes() == (
-            voc / "SegmentationClass" / f"{shared}.png"
-        ).read_bytes()
+        assert (aug / f"{shared}.png").read_bytes() == (voc / "SegmentationClass" / f"{shared}.png").read_bytes()
     jpegs = sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg"))
     assert jpegs == EXPECTED_TRAINVAL_AUG  # SBD-only images were copied in
     assert not (root / "downloads").exists()  # archives deleted by default
@@ -284,9 +268,7 @@ def test_skip_sbd_prepares_voc_only(tmp_path: Path, server: FakeServer) -> None:
     assert not (voc / "ImageSets" / "Segmentation" / "train_aug.txt").exists()
 
 
-def test_wrong_md5_raises_and_deletes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wrong_md5_raises_and_deletes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"x" * 1000
     wrong = "0" * 32
     resource = pv.Resource("blob.bin", "https://example.invalid/blob.bin", wrong)
@@ -317,9 +299,7 @@ def test_network_failure_names_url_and_downloads_dir(
     assert err.startswith("error: ") and resource.url in err
 
 
-def test_resume_sends_range_and_appends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_sends_range_and_appends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = bytes(range(256)) * 40
     half = len(data) // 2
     resource = _resource(data)
@@ -332,27 +312,19 @@ def test_resume_sends_range_and_appends(
     assert not (tmp_path / "blob.bin.part").exists()
 
 
-def test_resume_restarts_when_server_ignores_range(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_restarts_when_server_ignores_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = bytes(range(256)) * 40
     resource = _resource(data)
     (tmp_path / "blob.bin.part").write_bytes(data[:100])
-    monkeypatch.setattr(
-        urllib.request, "urlopen", FakeServer({resource.url: data}, honour_range=False)
-    )
+    monkeypatch.setattr(urllib.request, "urlopen", FakeServer({resource.url: data}, honour_range=False))
     path = pv.download(resource, tmp_path)
     assert path.read_bytes() == data
 
 
-def test_truncated_response_is_a_network_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_truncated_response_is_a_network_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"y" * 500
 
-    def short(
-        request: urllib.request.Request, timeout: float | None = None
-    ) -> FakeResponse:
+    def short(request: urllib.request.Request, timeout: float | None = None) -> FakeResponse:
         response = FakeResponse(data[:200], 200)
         response.headers = {"Content-Length": str(len(data))}
         return response
