@@ -42,13 +42,21 @@ class LargeFOVHead(nn.Module):
         nn.init.zeros_(self.fc8.bias)
 
     def features(self, x: Tensor) -> Tensor:
-        """fc7 activations: the penultimate features attention-to-scale consumes."""
+        """fc7 activations (``out_channels`` wide) from the backbone's ``"out"`` map.
+
+        Attention-to-scale consumes these penultimate features; heads that support it
+        expose ``features``, ``classify`` and ``out_channels``.
+        """
         x = self.drop6(self.relu6(self.fc6(x)))
         return self.drop7(self.relu7(self.fc7(x)))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Score maps (logits) from :meth:`features`; never rectified."""
+        return self.fc8(features)
 
     def classifier_parameters(self) -> Iterator[Parameter]:
         """Layers trained from scratch in the recipe (get the head LR multiplier)."""
         return self.fc8.parameters()
 
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
-        return self.fc8(self.features(feats["out"]))
+        return self.classify(self.features(feats["out"]))
