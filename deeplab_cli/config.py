@@ -33,6 +33,43 @@ class VGG16Config:
 
 
 @dataclass
+class ResNetConfig:
+    name: str = "resnet101"
+    multi_grid: Optional[list[int]] = None
+
+
+@dataclass
+class MobileNetV2Config:
+    name: str = "mobilenet_v2"
+
+
+@dataclass
+class ASPPv2Config:
+    name: str = "aspp_v2"
+    rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    form: str = "fc"
+    channels: int = 1024
+    dropout: float = 0.5
+
+
+@dataclass
+class ASPPv3Config:
+    name: str = "aspp_v3"
+    rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    channels: int = 256
+
+
+@dataclass
+class V3PlusConfig:
+    name: str = "v3plus"
+    rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    channels: int = 256
+    low_level_out: int = 48
+    decoder_convs: int = 2
+    separable: bool = False
+
+
+@dataclass
 class LargeFOVConfig:
     name: str = "largefov"
     dilation: int = 12
@@ -126,4 +163,9 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(group="backbone", name="vgg16_schema", node=VGG16Config)
+    cs.store(group="backbone", name="resnet_schema", node=ResNetConfig)
+    cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)
     cs.store(group="head", name="largefov_schema", node=LargeFOVConfig)
+    cs.store(group="head", name="aspp_v2_schema", node=ASPPv2Config)
+    cs.store(group="head", name="aspp_v3_schema", node=ASPPv3Config)
+    cs.store(group="head", name="v3plus_schema", node=V3PlusConfig)

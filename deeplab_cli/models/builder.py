@@ -8,13 +8,18 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from .backbones.base import Backbone
+from .backbones.mobilenet import MobileNetV2Backbone
+from .backbones.resnet import ResNetBackbone
 from .backbones.vgg import VGG16DeepLab
+from .heads.aspp_v2 import ASPPv2Head
+from .heads.aspp_v3 import ASPPv3Head, V3PlusHead, scaled_rates
 from .heads.largefov import LargeFOVHead
-from .pretrained import load_vgg16_imagenet
+from .pretrained import IMAGENET, load_torchvision_imagenet, load_vgg16_imagenet
 from .segmenter import DeepLab
 
-BACKBONES = ("vgg16",)
-HEADS = ("largefov",)
+BACKBONES = ("vgg16", "resnet50", "resnet101", "mobilenet_v2")
+HEADS = ("largefov", "aspp_v2", "aspp_v3", "v3plus")
 
 
 class ModelConfigError(ConfigError):
@@ -33,28 +38,64 @@ class ModelSpec:
     head_args: dict[str, Any] = field(default_factory=dict)
 
 
-def _build_backbone(spec: ModelSpec) -> VGG16DeepLab:
+def _build_backbone(spec: ModelSpec) -> Backbone:
+    os_ = spec.output_stride
     if spec.backbone == "vgg16":
-        if spec.output_stride != 8:
+        if os_ != 8:
             raise ModelConfigError(
-                f"model.output_stride={spec.output_stride} is not available for backbone=vgg16: "
+                f"model.output_stride={os_} is not available for backbone=vgg16: "
                 "DeepLab's VGG16 has output stride 8 only."
             )
         return VGG16DeepLab(**spec.backbone_args)
+    if os_ not in (8, 16, 32):
+        raise ModelConfigError(f"model.output_stride={os_} is not supported; choose one of 8, 16, 32.")
+    if spec.backbone in ("resnet50", "resnet101"):
+        return ResNetBackbone(spec.backbone, os_, **spec.backbone_args)
+    if spec.backbone == "mobilenet_v2":
+        return MobileNetV2Backbone(os_, **spec.backbone_args)
     raise ModelConfigError(f"backbone={spec.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}.")
 
 
-def _build_head(spec: ModelSpec, in_channels: int) -> nn.Module:
+def _build_head(spec: ModelSpec, backbone: Backbone) -> nn.Module:
+    info, args, n = backbone.feature_info, dict(spec.head_args), spec.num_classes
     if spec.head == "largefov":
-        return LargeFOVHead(in_channels, spec.num_classes, **spec.head_args)
+        return LargeFOVHead(info["out"].channels, n, **args)
+    if spec.head == "aspp_v2":
+        return ASPPv2Head(info["out"].channels, n, **args)
+    if spec.head in ("aspp_v3", "v3plus"):
+        args["rates"] = scaled_rates(args.get("rates", (6, 12, 18)), spec.output_stride)
+        if spec.head == "aspp_v3":
+            return ASPPv3Head(info["out"].channels, n, **args)
+        if "low_level" not in info:
+            raise ModelConfigError(
+                f"head=v3plus needs low-level (stride 4) features, which backbone={spec.backbone} lacks."
+            )
+        return V3PlusHead(info["out"].channels, info["low_level"].channels, n, **args)
     raise ModelConfigError(f"head={spec.head!r} is unknown; choose one of {', '.join(HEADS)}.")
 
 
+def _vgg_fc_prefixes(spec: ModelSpec, head: nn.Module) -> tuple[str, ...]:
+    """Where VGG16's converted fc6/fc7 go: LargeFOV's, or every VGG-form ASPP branch's."""
+    if isinstance(head, LargeFOVHead):
+        return ("head.",)
+    if isinstance(head, ASPPv2Head) and head.form == "fc":
+        return tuple(f"head.branches.{i}." for i in range(len(head.branches)))
+    return ()
+
+
 def build_model(spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None) -> DeepLab:
-    """Construct the network; with ``pretrained`` load ImageNet weights into it."""
-    backbone = _build_backbone(spec)
-    head = _build_head(spec, backbone.feature_info["out"].channels)
+    """Construct the network; with ``pretrained`` load ImageNet weights into its backbone."""
+    try:
+        backbone = _build_backbone(spec)
+        head = _build_head(spec, backbone)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ModelConfigError(f"backbone={spec.backbone} head={spec.head}: {exc}") from exc
     model = DeepLab(backbone, head, spec.num_classes)
     if pretrained:
-        load_vgg16_imagenet(model, weights_file, with_fc=spec.head == "largefov")
+        if spec.backbone == "vgg16":
+            load_vgg16_imagenet(model, weights_file, _vgg_fc_prefixes(spec, head))
+        elif spec.backbone in IMAGENET:
+            load_torchvision_imagenet(model, spec.backbone, weights_file)
     return model

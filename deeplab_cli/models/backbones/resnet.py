@@ -1,0 +1,54 @@
+"""torchvision ResNet-50/101 with output stride 8/16/32 and optional multi-grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+from torchvision.models import resnet50, resnet101
+
+from .base import Backbone, FeatureInfo
+
+_FACTORIES = {"resnet50": resnet50, "resnet101": resnet101}
+
+#: torchvision's ``replace_stride_with_dilation`` for layer2..4, per output stride.
+_DILATE = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
+
+
+def check_output_stride(output_stride: int, allowed: Sequence[int] = (8, 16, 32)) -> None:
+    if output_stride not in allowed:
+        raise ValueError(f"model.output_stride={output_stride} is not supported; choose one of {tuple(allowed)}")
+
+
+class ResNetBackbone(Backbone):
+    """ResNet stem + layer1..4 from torchvision, strides turned into dilation.
+
+    He et al., CVPR 2016 (https://arxiv.org/abs/1512.03385); atrous form of DeepLab
+    v2/v3 (https://arxiv.org/abs/1706.05587, section 3.2): OS 16 dilates layer4 by 2,
+    OS 8 dilates layer3 by 2 and layer4 by 4. ``multi_grid`` (e.g. (1, 2, 4)) sets the
+    rates of layer4's three blocks to ``base_dilation * grid``. Without it the blocks
+    keep torchvision's dilations, so torchvision's segmentation weights load exactly.
+    Features: ``low_level`` (layer1, 256 ch, stride 4) and ``out`` (layer4, 2048 ch).
+    """
+
+    def __init__(self, depth: str = "resnet101", output_stride: int = 16, multi_grid: Sequence[int] | None = None):
+        super().__init__()
+        check_output_stride(output_stride)
+        net = _FACTORIES[depth](weights=None, replace_stride_with_dilation=_DILATE[output_stride])
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if multi_grid:
+            self._apply_multi_grid(tuple(multi_grid), max(1, 32 // output_stride))
+        self.feature_info = {"low_level": FeatureInfo(256, 4), "out": FeatureInfo(2048, output_stride)}
+
+    def _apply_multi_grid(self, grid: tuple[int, ...], base: int) -> None:
+        if len(grid) != len(self.layer4):
+            raise ValueError(f"backbone.multi_grid={list(grid)} needs {len(self.layer4)} entries (one per block)")
+        for block, unit in zip(self.layer4, grid, strict=True):
+            rate = base * unit
+            block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        low = self.layer1(x)
+        return {"low_level": low, "out": self.layer4(self.layer3(self.layer2(low)))}

@@ -1,0 +1,116 @@
+"""DeepLab v3 ASPP head and the DeepLab v3+ decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import Parameter
+from torchvision.models.segmentation.deeplabv3 import ASPPConv, ASPPPooling
+
+
+def separable_conv(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 (+BN+ReLU) then pointwise 1x1 (+BN+ReLU), the v3+ atrous separable conv."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPP(nn.Module):
+    """DeepLab v3 ASPP (https://arxiv.org/abs/1706.05587, section 3.3).
+
+    1x1 conv + three 3x3 atrous convs + image pooling, 256 ch each with BN+ReLU,
+    concatenated and projected to 256 (with dropout 0.5). Module names follow
+    torchvision's ``ASPP`` (and reuse its branch classes), so torchvision weights map
+    one to one; ``separable=True`` swaps the atrous convs for separable ones (v3+).
+    """
+
+    def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, separable: bool = False):
+        super().__init__()
+        convs: list[nn.Module] = [conv_bn_relu(in_channels, out_channels, kernel=1)]
+        branch = separable_conv if separable else ASPPConv
+        convs += [branch(in_channels, out_channels, rate) for rate in rates]
+        convs.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(convs)
+        self.project = nn.Sequential(
+            nn.Conv2d(len(convs) * out_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
+
+
+def scaled_rates(rates: Sequence[int], output_stride: int) -> list[int]:
+    """Rates are given for output stride 16 and scale with it (doubled at OS 8)."""
+    return [r * 16 // output_stride for r in rates]
+
+
+class ASPPv3Head(nn.Module):
+    """DeepLab v3 head laid out as torchvision's ``DeepLabHead``: ASPP -> 3x3 conv 256 -> 1x1 classes."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = (6, 12, 18), channels: int = 256):
+        super().__init__()
+        self.aspp = ASPP(in_channels, rates, channels)
+        self.conv = conv_bn_relu(channels, channels)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def classifier_parameters(self) -> Iterator[Parameter]:
+        return self.classifier.parameters()
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.classifier(self.conv(self.aspp(feats["out"])))
+
+
+class V3PlusHead(nn.Module):
+    """DeepLab v3+ encoder-decoder (Chen et al., ECCV 2018, https://arxiv.org/abs/1802.02611, Fig. 2).
+
+    ASPP on the ``out`` features; the decoder reduces ``low_level`` (stride 4) to 48 ch,
+    upsamples the encoder output bilinearly to the low-level map's size (taken from
+    that tensor, not a fixed x4), concatenates, refines with ``decoder_convs`` 3x3
+    convs of 256 (two in the paper) and classifies. Logits are at stride 4.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        low_level_channels: int,
+        num_classes: int,
+        rates: Sequence[int] = (6, 12, 18),
+        channels: int = 256,
+        low_level_out: int = 48,
+        decoder_convs: int = 2,
+        separable: bool = False,
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, rates, channels, separable)
+        self.reduce = conv_bn_relu(low_level_channels, low_level_out, kernel=1)
+        widths = [channels + low_level_out] + [channels] * decoder_convs
+        block = separable_conv if separable else conv_bn_relu
+        self.decoder = nn.Sequential(*(block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def classifier_parameters(self) -> Iterator[Parameter]:
+        return self.classifier.parameters()
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        low = self.reduce(feats["low_level"])
+        x = F.interpolate(self.aspp(feats["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.decoder(torch.cat([x, low], dim=1)))

@@ -1,0 +1,96 @@
+"""Every model= preset: parameter count, logit size at OS 8/16, two training iterations + evaluation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from deeplab_cli import factory
+from deeplab_cli import train as train_mod
+from deeplab_cli._paths import config_dir
+from deeplab_cli.config import register_configs
+from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+
+#: Parameter counts for 21 classes. v1/v2/v3 numbers are the papers' layer sizes (and
+#: torchvision's deeplabv3_resnet50/101 without aux); v3+ uses the paper's two 3x3
+#: decoder convs (VainF's one-conv layout is 590,336 fewer: 58,753,973 / 5,225,717).
+PARAMS = {
+    "deeplabv1_largefov": 20_505_429,
+    "deeplabv2_vgg16_aspp_s": 37_877_652,
+    "deeplabv2_vgg16_aspp_l": 37_877_652,
+    "deeplabv2_resnet101": 44_048_532,
+    "deeplabv3_resnet101": 58_630_997,
+    "deeplabv3_resnet50": 39_638_869,
+    "deeplabv3plus_resnet101": 59_344_309,
+    "deeplabv3plus_mobilenet_v2": 5_816_053,
+}
+PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+
+
+def _cfg(overrides: list[str], run_dir: Path | None = None):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=run_dir is not None)
+    if run_dir is not None:
+        OmegaConf.set_readonly(cfg.hydra, False)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def test_every_preset_has_a_parameter_count() -> None:
+    assert set(PRESETS) >= set(PARAMS), "a preset is missing"
+    missing = set(PRESETS) - set(PARAMS)
+    assert not missing, f"add the parameter count of {missing} to PARAMS"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_parameter_count(preset: str) -> None:
+    model = factory.make_model(_cfg(["~experiment", f"model={preset}"]), pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[preset]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_logit_size(preset: str, output_stride: int) -> None:
+    cfg = _cfg(["~experiment", f"model={preset}", f"model.output_stride={output_stride}"])
+    if cfg.backbone.name == "vgg16" and output_stride != 8:
+        with pytest.raises(factory.ConfigError, match="output_stride"):
+            factory.make_model(cfg, pretrained=False)
+        return
+    model = factory.make_model(cfg, pretrained=False).eval()
+    logit_stride = 4 if cfg.head.name == "v3plus" else output_stride
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 65, 65))["out"]
+    assert out.shape == (1, 21, math.ceil(65 / logit_stride), math.ceil(65 / logit_stride))
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic_voc(root, SyntheticSpec(num_train=4, num_val=2))
+    return root
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_two_iterations_and_evaluation(preset: str, tmp_path: Path, synthetic_root: Path) -> None:
+    overrides = [
+        "~experiment", f"model={preset}", "model.pretrained=false", "dataset=synthetic",
+        f"dataset.root={synthetic_root}", "dataset.synthetic.num_train=4", "dataset.synthetic.num_val=2",
+        "dataset.crop_size=49", "dataset.num_workers=0", "trainer.max_iters=2", "trainer.val_interval=2",
+        "trainer.batch_size=2", "trainer.progress=false", "optim.lr=1e-4",
+    ]  # fmt: skip
+    metrics = train_mod.run_train(_cfg(overrides, tmp_path))
+    assert metrics["num_images"] == 2 and 0.0 <= metrics["mIoU"] <= 100.0
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
