@@ -44,6 +44,11 @@ class MobileNetV2Config:
 
 
 @dataclass
+class Xception65Config:
+    name: str = "xception65"
+
+
+@dataclass
 class ASPPv2Config:
     name: str = "aspp_v2"
     rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
@@ -75,6 +80,14 @@ class LargeFOVConfig:
     dilation: int = 12
     channels: int = 1024
     dropout: float = 0.5
+
+
+@dataclass
+class ScalesConfig:
+    mode: str = "single"
+    factors: list[float] = field(default_factory=lambda: [1.0])
+    fusion: str = "max"
+    esup: bool = True
 
 
 @dataclass
@@ -127,6 +140,7 @@ class TrainerConfig:
     log_interval: int = 20
     num_vis_images: int = 4
     label_policy: str = "nearest"
+    freeze_bn: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -137,6 +151,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backbone: Any = MISSING
     head: Any = MISSING
+    scales: ScalesConfig = field(default_factory=ScalesConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -165,6 +180,7 @@ def register_configs() -> None:
     cs.store(group="backbone", name="vgg16_schema", node=VGG16Config)
     cs.store(group="backbone", name="resnet_schema", node=ResNetConfig)
     cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)
+    cs.store(group="backbone", name="xception65_schema", node=Xception65Config)
     cs.store(group="head", name="largefov_schema", node=LargeFOVConfig)
     cs.store(group="head", name="aspp_v2_schema", node=ASPPv2Config)
     cs.store(group="head", name="aspp_v3_schema", node=ASPPv3Config)

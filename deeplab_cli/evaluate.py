@@ -31,6 +31,7 @@ _GROUP_NODES = {
     "model": ("model", "backbone", "head"),
     "backbone": ("backbone",),
     "head": ("head",),
+    "scales": ("scales",),
     "dataset": ("dataset",),
 }
 

@@ -41,9 +41,24 @@ def validate(cfg: DictConfig) -> None:
     for key in ("max_iters", "batch_size", "accumulate", "val_interval", "log_interval"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]} must be at least 1.")
+    _validate_scales(cfg)
     lo, hi = cfg.dataset.scale_range
     if not 0 < lo <= hi:
         raise ConfigError(f"dataset.scale_range={[lo, hi]} must satisfy 0 < low <= high.")
+
+
+def _validate_scales(cfg: DictConfig) -> None:
+    modes, fusions = ("single", "msc", "attention"), ("max", "mean")
+    sc = cfg.scales
+    if sc.mode not in modes:
+        raise ConfigError(f"scales.mode={sc.mode!r} is unknown; choose one of {', '.join(modes)}.")
+    if sc.mode != "single" and (len(sc.factors) < 2 or 1.0 not in sc.factors):
+        raise ConfigError(
+            f"scales.mode={sc.mode} needs at least two scale factors including 1.0, got scales.factors="
+            f"{list(sc.factors)}; e.g. scales.factors=[1.0,0.75,0.5], or scales=single."
+        )
+    if sc.fusion not in fusions:
+        raise ConfigError(f"scales.fusion={sc.fusion!r} is unknown; choose one of {', '.join(fusions)}.")
 
 
 def class_names(cfg: DictConfig) -> list[str]:
@@ -65,6 +80,7 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
         output_stride=cfg.model.output_stride,
         backbone_args=backbone,
         head_args=head,
+        scales=OmegaConf.to_container(cfg.scales, resolve=True),  # type: ignore[arg-type]
     )
 
 

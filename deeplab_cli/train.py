@@ -21,7 +21,7 @@ from ._paths import config_dir
 from .config import register_configs
 from .engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .engine.logger import TensorBoardLogger, format_table
-from .engine.loop import group_micro_batches, train_step
+from .engine.loop import freeze_batchnorm, group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .errors import DeepLabError
 
@@ -108,6 +108,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     resume_path = _resume_from(run_dir, str(cfg.resume).lower())
     torch.manual_seed(t.seed)
     model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
+    if t.freeze_bn:
+        freeze_batchnorm(model)  # before building the optimizer: frozen affine terms are not optimised
     o = cfg.optim
     groups = param_groups(model, o.lr, o.weight_decay, o.head_lr_mult, o.bias_lr_mult, o.bias_weight_decay)
     optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.nesterov)
@@ -143,7 +145,7 @@ def _loop(model, optimizer, scheduler, cfg, start: int, best: float, tb, run_dir
     bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
     with StopOnSigint() as stop, bar:
         for it in range(start + 1, t.max_iters + 1):
-            loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device)
+            loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device, t.freeze_bn)
             bar.update(1)
             if it % t.log_interval == 0 or it == t.max_iters:
                 lr = optimizer.param_groups[0]["lr"]

@@ -93,3 +93,26 @@ def test_voc_experiment_is_the_paper_recipe() -> None:
     assert (cfg.head.dilation, cfg.head.channels, cfg.head.dropout) == (12, 1024, 0.5)
     assert factory.model_spec(cfg).num_classes == 21
     assert sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters()) == 20_505_429
+
+
+def test_freeze_bn_keeps_statistics_and_affine_terms() -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec("vgg16", "largefov", 5, backbone_args={"width_mult": 0.125, "batch_norm": True},
+                     head_args={"channels": 16})  # fmt: skip
+    model = build_model(spec)
+    bn = model.backbone.features.bn1_1
+    with torch.no_grad():
+        bn.running_mean.uniform_()
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    from deeplab_cli.engine.loop import freeze_batchnorm
+
+    freeze_batchnorm(model)
+    groups = param_groups(model, 0.1, 5e-4)
+    assert not any(p is bn.weight for g in groups for p in g["params"])
+    optimizer = build_optimizer("sgd", groups, 0.1)
+    batch = [(torch.randn(2, 3, 33, 33), torch.randint(0, 5, (2, 33, 33)))]
+    train_step(model, batch, optimizer, poly_scheduler(optimizer, 10), "nearest", torch.device("cpu"), freeze_bn=True)
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    conv = model.backbone.features.conv1_1.weight
+    assert conv.requires_grad and not bn.weight.requires_grad

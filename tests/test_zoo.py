@@ -26,10 +26,13 @@ PARAMS = {
     "deeplabv2_vgg16_aspp_s": 37_877_652,
     "deeplabv2_vgg16_aspp_l": 37_877_652,
     "deeplabv2_resnet101": 44_048_532,
+    "deeplabv2_resnet101_msc": 44_048_532,  # MSC shares the network across scales: no extra parameters
+    "attention_to_scale_vgg16": 34_663_256,  # LargeFOV + attention: 3x3 conv 3*1024->512, 1x1 conv 512->3
     "deeplabv3_resnet101": 58_630_997,
     "deeplabv3_resnet50": 39_638_869,
     "deeplabv3plus_resnet101": 59_344_309,
     "deeplabv3plus_mobilenet_v2": 5_816_053,
+    "deeplabv3plus_xception65": 41_055_413,  # backbone 37,867,312 = timm xception65 minus fc
 }
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
@@ -94,3 +97,9 @@ def test_two_iterations_and_evaluation(preset: str, tmp_path: Path, synthetic_ro
     metrics = train_mod.run_train(_cfg(overrides, tmp_path))
     assert metrics["num_images"] == 2 and 0.0 <= metrics["mIoU"] <= 100.0
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("preset", ["deeplabv2_resnet101_msc", "attention_to_scale_vgg16"])
+def test_multi_scale_presets_need_two_scales(preset: str) -> None:
+    with pytest.raises(factory.ConfigError, match=r"scales.factors=\[1.0\]"):
+        factory.validate(_cfg(["~experiment", f"model={preset}", "scales.factors=[1.0]"]))

@@ -14,6 +14,19 @@ from .losses import total_loss
 from .metrics import ConfusionMatrix
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Fix every BatchNorm: running statistics and affine terms stay as loaded.
+
+    DeepLab v1/v2 with ResNet train with frozen BN (batches of 10-20 crops are too
+    small for good statistics); the affine parameters leave the optimizer too.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
 def train_step(
     model: nn.Module,
     micro_batches: Iterable[tuple[Tensor, Tensor]],
@@ -21,9 +34,12 @@ def train_step(
     scheduler: LRScheduler,
     label_policy: str,
     device: torch.device,
+    freeze_bn: bool = False,
 ) -> float:
     """One optimizer step over ``len(micro_batches)`` accumulated micro-batches; returns the mean loss."""
     model.train()
+    if freeze_bn:
+        freeze_batchnorm(model)
     optimizer.zero_grad(set_to_none=True)
     batches = list(micro_batches)
     total = 0.0

@@ -12,14 +12,17 @@ from .backbones.base import Backbone
 from .backbones.mobilenet import MobileNetV2Backbone
 from .backbones.resnet import ResNetBackbone
 from .backbones.vgg import VGG16DeepLab
+from .backbones.xception import TIMM_WEIGHTS_URL, Xception65, load_xception65_weights
 from .heads.aspp_v2 import ASPPv2Head
 from .heads.aspp_v3 import ASPPv3Head, V3PlusHead, scaled_rates
 from .heads.largefov import LargeFOVHead
-from .pretrained import IMAGENET, load_torchvision_imagenet, load_vgg16_imagenet
+from .multiscale import AttentionToScale, MultiScaleInputs
+from .pretrained import IMAGENET, PretrainedWeightsError, load_torchvision_imagenet, load_vgg16_imagenet
 from .segmenter import DeepLab
 
-BACKBONES = ("vgg16", "resnet50", "resnet101", "mobilenet_v2")
+BACKBONES = ("vgg16", "resnet50", "resnet101", "mobilenet_v2", "xception65")
 HEADS = ("largefov", "aspp_v2", "aspp_v3", "v3plus")
+SCALE_MODES = ("single", "msc", "attention")
 
 
 class ModelConfigError(ConfigError):
@@ -36,6 +39,7 @@ class ModelSpec:
     output_stride: int = 8
     backbone_args: dict[str, Any] = field(default_factory=dict)
     head_args: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, Any] = field(default_factory=dict)
 
 
 def _build_backbone(spec: ModelSpec) -> Backbone:
@@ -53,6 +57,8 @@ def _build_backbone(spec: ModelSpec) -> Backbone:
         return ResNetBackbone(spec.backbone, os_, **spec.backbone_args)
     if spec.backbone == "mobilenet_v2":
         return MobileNetV2Backbone(os_, **spec.backbone_args)
+    if spec.backbone == "xception65":
+        return Xception65(os_, **spec.backbone_args)
     raise ModelConfigError(f"backbone={spec.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}.")
 
 
@@ -83,8 +89,24 @@ def _vgg_fc_prefixes(spec: ModelSpec, head: nn.Module) -> tuple[str, ...]:
     return ()
 
 
-def build_model(spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None) -> DeepLab:
-    """Construct the network; with ``pretrained`` load ImageNet weights into its backbone."""
+def _wrap_scales(model: DeepLab, scales: dict[str, Any]) -> nn.Module:
+    """Multi-scale inputs around the shared single-scale network (``scales.mode``)."""
+    mode = scales.get("mode", "single")
+    if mode == "single":
+        return model
+    if mode == "msc":
+        return MultiScaleInputs(model, scales["factors"], scales.get("fusion", "max"))
+    if mode == "attention":
+        return AttentionToScale(model, scales["factors"], esup=scales.get("esup", True))
+    raise ModelConfigError(f"scales.mode={mode!r} is unknown; choose one of {', '.join(SCALE_MODES)}.")
+
+
+def build_model(spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
+    """Construct the network; with ``pretrained`` load ImageNet weights into its backbone.
+
+    ImageNet weights go into the single-scale network before any multi-scale wrapper
+    is put around it, so the wrapper's own layers (attention) stay freshly initialised.
+    """
     try:
         backbone = _build_backbone(spec)
         head = _build_head(spec, backbone)
@@ -98,4 +120,17 @@ def build_model(spec: ModelSpec, pretrained: bool = False, weights_file: str | N
             load_vgg16_imagenet(model, weights_file, _vgg_fc_prefixes(spec, head))
         elif spec.backbone in IMAGENET:
             load_torchvision_imagenet(model, spec.backbone, weights_file)
-    return model
+        elif spec.backbone == "xception65":
+            if not weights_file:
+                raise PretrainedWeightsError(
+                    "backbone=xception65 has no torchvision ImageNet weights: download timm's xception65 "
+                    f"({TIMM_WEIGHTS_URL}) and pass model.weights=/path/to/pytorch_model.bin, "
+                    "or train from scratch with model.pretrained=false."
+                )
+            load_xception65_weights(model.backbone, weights_file)
+    try:
+        return _wrap_scales(model, spec.scales)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ModelConfigError(str(exc)) from exc
