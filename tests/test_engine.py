@@ -116,3 +116,28 @@ def test_freeze_bn_keeps_statistics_and_affine_terms() -> None:
         assert torch.equal(value, before[key]), key
     conv = model.backbone.features.conv1_1.weight
     assert conv.requires_grad and not bn.weight.requires_grad
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(experiment: str) -> None:
+    cfg = _cfg(f"experiment={experiment}")
+    factory.validate(cfg)
+    spec = factory.model_spec(cfg)
+    assert spec.num_classes == cfg.dataset.num_classes
+    if experiment != "quickstart":
+        assert cfg.model.pretrained and cfg.dataset.name == "voc_aug" and cfg.optim.name == "sgd"
+        assert cfg.model.name == experiment.removesuffix("_voc")
+
+
+def test_paper_recipes() -> None:
+    v2 = _cfg("experiment=deeplabv2_resnet101_msc_voc")
+    assert (v2.trainer.batch_size, v2.optim.lr, v2.trainer.max_iters, v2.trainer.freeze_bn) == (10, 2.5e-4, 20000, True)
+    assert v2.scales.mode == "msc" and v2.trainer.label_policy == "nearest"
+    v3p = _cfg("experiment=deeplabv3plus_resnet101_voc")
+    assert (v3p.dataset.crop_size, v3p.trainer.batch_size, v3p.optim.lr, v3p.model.output_stride) == (
+        513,
+        16,
+        0.007,
+        16,
+    )
+    assert v3p.trainer.label_policy == "upsample" and not v3p.trainer.freeze_bn
