@@ -44,6 +44,13 @@ class MobileNetV2Config:
 
 
 @dataclass
+class ImportedBackboneConfig:
+    """Backbones that reproduce other projects' computation for imported checkpoints."""
+
+    name: str = MISSING
+
+
+@dataclass
 class Xception65Config:
     name: str = "xception65"
 
@@ -88,6 +95,7 @@ class ScalesConfig:
     factors: list[float] = field(default_factory=lambda: [1.0])
     fusion: str = "max"
     esup: bool = True
+    input_resize: str = "size"
 
 
 @dataclass
@@ -114,6 +122,7 @@ class DatasetConfig:
     flip: bool = True
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    bgr: bool = False
     num_workers: int = 2
     synthetic: Optional[SyntheticConfig] = None
 
@@ -181,6 +190,7 @@ def register_configs() -> None:
     cs.store(group="backbone", name="resnet_schema", node=ResNetConfig)
     cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)
     cs.store(group="backbone", name="xception65_schema", node=Xception65Config)
+    cs.store(group="backbone", name="imported_schema", node=ImportedBackboneConfig)
     cs.store(group="head", name="largefov_schema", node=LargeFOVConfig)
     cs.store(group="head", name="aspp_v2_schema", node=ASPPv2Config)
     cs.store(group="head", name="aspp_v3_schema", node=ASPPv3Config)

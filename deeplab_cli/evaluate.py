@@ -22,6 +22,7 @@ from .data.palette import voc_palette
 from .engine.checkpoint import CheckpointError, load_checkpoint
 from .engine.logger import format_table
 from .errors import DeepLabError
+from .models.importers import import_checkpoint, is_ours
 
 log = logging.getLogger("deeplab_cli.evaluate")
 register_configs()
@@ -63,19 +64,48 @@ def save_prediction(out_dir: Path, image_id: str, pred: torch.Tensor) -> None:
     img.save(out_dir / f"{image_id}.png")
 
 
+def _user_output_stride(overrides: list[str]) -> int | None:
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group == "model.output_stride":
+            return int(override.value())
+    return None
+
+
+def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig]:
+    """Our checkpoint (rebuilt from its stored config) or another project's, recognised by its keys.
+
+    Foreign checkpoints bring their architecture and their test-time preprocessing
+    (e.g. BGR mean subtraction); the user's overrides still apply on top.
+    """
+    state = load_checkpoint(cfg.checkpoint)
+    if is_ours(state):
+        train_cfg = merge_overrides(state["config"], cfg, overrides)
+        factory.validate(train_cfg)
+        model = factory.make_model(train_cfg, pretrained=False)
+        model.load_state_dict(state["model"])
+        return model, train_cfg
+    try:
+        imported = import_checkpoint(state, output_stride=_user_output_stride(overrides))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{cfg.checkpoint}: {exc}") from exc
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    for node in ("checkpoint", "save_predictions", "eval"):
+        stored.pop(node, None)
+    stored.update(imported.config_overrides)
+    stored["dataset"].update(imported.preprocess.as_dataset_config())
+    for note in imported.notes:
+        log.info("%s: %s", imported.layout, note)
+    train_cfg = merge_overrides(stored, cfg, overrides)
+    factory.validate(train_cfg)
+    log.info("imported a %s checkpoint (%d classes)", imported.layout, train_cfg.model.num_classes)
+    return imported.model, train_cfg
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the model from the checkpoint, evaluate, write ``metrics.json``."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    state = load_checkpoint(cfg.checkpoint)
-    if "config" not in state or "model" not in state:
-        raise CheckpointError(
-            f"checkpoint {cfg.checkpoint} is not a deeplab-cli checkpoint (no 'config'/'model' entries)"
-        )
-    train_cfg = merge_overrides(state["config"], cfg, list(HydraConfig.get().overrides.task))
-    factory.validate(train_cfg)
+    model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
     device = factory.select_device(train_cfg.trainer.device)
-    model = factory.make_model(train_cfg, pretrained=False)
-    model.load_state_dict(state["model"])
     model.to(device)
     dataset = factory.make_eval_dataset(train_cfg, cfg.eval.split)
     pred_dir = run_dir / "predictions"

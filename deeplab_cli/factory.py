@@ -100,7 +100,7 @@ def dataset_root(cfg: DictConfig) -> str:
 def make_train_loader(cfg: DictConfig, start_iter: int) -> DataLoader:
     """Iteration-based loader: yields ``max_iters * accumulate`` micro-batches from ``start_iter``."""
     d, t = cfg.dataset, cfg.trainer
-    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, d.mean, d.std)
+    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, d.mean, d.std, d.bgr)
     dataset = VOCSegmentation(dataset_root(cfg), d.train_split, d.mask_dir, transforms)
     sampler = IterationBatchSampler(
         len(dataset), t.batch_size, t.max_iters * t.accumulate, start=start_iter * t.accumulate, seed=t.seed
@@ -116,7 +116,7 @@ def make_train_loader(cfg: DictConfig, start_iter: int) -> DataLoader:
 
 def make_eval_dataset(cfg: DictConfig, split: str | None = None) -> VOCSegmentation:
     d = cfg.dataset
-    return VOCSegmentation(dataset_root(cfg), split or d.val_split, d.mask_dir, eval_transforms(d.mean, d.std))
+    return VOCSegmentation(dataset_root(cfg), split or d.val_split, d.mask_dir, eval_transforms(d.mean, d.std, d.bgr))
 
 
 def make_eval_loader(dataset: VOCSegmentation, num_workers: int) -> DataLoader:

@@ -47,8 +47,18 @@ class RandomScale(v2.Transform):
         return F.resize(inpt, params["size"], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
-def _finish(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(mean, std)]
+class RGBToBGR(v2.Transform):
+    """Swap the image's channels to BGR (Caffe-trained weights, e.g. kazuto1011's); masks untouched."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(inpt.flip(-3), like=inpt)
+
+
+def _finish(mean: Sequence[float], std: Sequence[float], bgr: bool = False) -> list[v2.Transform]:
+    ops: list[v2.Transform] = [RGBToBGR()] if bgr else []
+    return ops + [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(mean, std)]
 
 
 def train_transforms(
@@ -57,6 +67,7 @@ def train_transforms(
     flip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    bgr: bool = False,
 ) -> v2.Compose:
     """Random scale, pad (image with the mean colour, label with 255), random crop, flip, normalise."""
     fill = {tv_tensors.Image: tuple(round(255 * m) for m in mean), tv_tensors.Mask: IGNORE_INDEX}
@@ -66,9 +77,11 @@ def train_transforms(
     ops.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill))
     if flip:
         ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose(ops + _finish(mean, std))
+    return v2.Compose(ops + _finish(mean, std, bgr))
 
 
-def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """Whole image at its original size: only conversion and normalisation."""
-    return v2.Compose([v2.ToImage(), *_finish(mean, std)])
+def eval_transforms(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, bgr: bool = False
+) -> v2.Compose:
+    """Whole image at its original size: only conversion and normalisation (``mean``/``std`` in 0..1 units)."""
+    return v2.Compose([v2.ToImage(), *_finish(mean, std, bgr)])

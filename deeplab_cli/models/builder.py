@@ -10,7 +10,10 @@ from torch import nn
 from ..errors import ConfigError
 from .backbones.base import Backbone
 from .backbones.mobilenet import MobileNetV2Backbone
+from .backbones.mobilenet_v3 import MobileNetV3LargeBackbone
+from .backbones.mobilenet_vainf import VainFMobileNetV2Backbone
 from .backbones.resnet import ResNetBackbone
+from .backbones.resnet_caffe import CaffeResNetBackbone
 from .backbones.vgg import VGG16DeepLab
 from .backbones.xception import TIMM_WEIGHTS_URL, Xception65, load_xception65_weights
 from .heads.aspp_v2 import ASPPv2Head
@@ -20,7 +23,12 @@ from .multiscale import AttentionToScale, MultiScaleInputs
 from .pretrained import IMAGENET, PretrainedWeightsError, load_torchvision_imagenet, load_vgg16_imagenet
 from .segmenter import DeepLab
 
-BACKBONES = ("vgg16", "resnet50", "resnet101", "mobilenet_v2", "xception65")
+BACKBONES = (
+    "vgg16", "resnet50", "resnet101", "xception65", "mobilenet_v2",
+    # layouts of imported checkpoints (see models/importers): same keys, their computation
+    "resnet50_caffe", "resnet101_caffe", "mobilenet_v2_vainf", "mobilenet_v3_large",
+)  # fmt: skip
+_CAFFE_DEPTHS = {"resnet50_caffe": 50, "resnet101_caffe": 101}
 HEADS = ("largefov", "aspp_v2", "aspp_v3", "v3plus")
 SCALE_MODES = ("single", "msc", "attention")
 
@@ -59,6 +67,12 @@ def _build_backbone(spec: ModelSpec) -> Backbone:
         return MobileNetV2Backbone(os_, **spec.backbone_args)
     if spec.backbone == "xception65":
         return Xception65(os_, **spec.backbone_args)
+    if spec.backbone in _CAFFE_DEPTHS:
+        return CaffeResNetBackbone(_CAFFE_DEPTHS[spec.backbone], os_, **spec.backbone_args)
+    if spec.backbone == "mobilenet_v2_vainf":
+        return VainFMobileNetV2Backbone(os_, **spec.backbone_args)
+    if spec.backbone == "mobilenet_v3_large":
+        return MobileNetV3LargeBackbone(os_, **spec.backbone_args)
     raise ModelConfigError(f"backbone={spec.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}.")
 
 
@@ -95,7 +109,9 @@ def _wrap_scales(model: DeepLab, scales: dict[str, Any]) -> nn.Module:
     if mode == "single":
         return model
     if mode == "msc":
-        return MultiScaleInputs(model, scales["factors"], scales.get("fusion", "max"))
+        return MultiScaleInputs(
+            model, scales["factors"], scales.get("fusion", "max"), scales.get("input_resize", "size")
+        )
     if mode == "attention":
         return AttentionToScale(model, scales["factors"], esup=scales.get("esup", True))
     raise ModelConfigError(f"scales.mode={mode!r} is unknown; choose one of {', '.join(SCALE_MODES)}.")

@@ -19,6 +19,7 @@ from torch.nn import Parameter
 
 from .backbones.base import Backbone
 
+INPUT_RESIZE = ("size", "scale_factor")
 FUSIONS = ("max", "mean")
 
 #: ``{"out": fused, ...}``; ``"aux"`` holds per-scale logits (a list), read by ``total_loss``.
@@ -98,11 +99,29 @@ class MultiScaleInputs(_ScaleWrapper):
     branch); eval returns only ``"out"``.
     """
 
-    def __init__(self, model: nn.Module, scales: Sequence[float], fusion: str = "max") -> None:
+    def __init__(
+        self, model: nn.Module, scales: Sequence[float], fusion: str = "max", input_resize: str = "size"
+    ) -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is unknown; choose one of {', '.join(FUSIONS)}.")
+        if input_resize not in INPUT_RESIZE:
+            raise ValueError(f"input_resize={input_resize!r} is unknown; choose one of {', '.join(INPUT_RESIZE)}.")
         super().__init__(model, scales)
         self.fusion = fusion
+        self.input_resize = input_resize
+
+    def _inputs(self, x: Tensor) -> list[Tensor]:
+        """``size``: Caffe-rounded sizes; ``scale_factor``: ``F.interpolate(scale_factor=s)``.
+
+        The second samples other positions when ``H * s`` is not an integer (PyTorch maps
+        coordinates by 1/s); kazuto1011's released weights were trained that way.
+        """
+        if self.input_resize == "size":
+            return super()._inputs(x)
+        return [
+            x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            for s in self.scales
+        ]
 
     def forward(self, x: Tensor) -> MultiScaleOutput:
         logits = [self.model(x_s)["out"] for x_s in self._inputs(x)]

@@ -1,0 +1,105 @@
+"""Import DeepLab checkpoints of other projects (and our own) into our architecture, strictly.
+
+One entry point, :func:`import_checkpoint`, for: our checkpoints, torchvision's
+``deeplabv3_resnet50/101`` and ``deeplabv3_mobilenet_v3_large``, kazuto1011's
+``DeepLabV2_ResNet101_MSC`` and VainF's ``deeplabv3[plus]_{resnet50,resnet101,mobilenet}``.
+Each import builds our model so that it computes what the original computes (not only
+that the keys fit), loads every tensor or fails naming the keys that differ, and returns
+the preprocessing the weights expect and the config that rebuilds the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ...errors import ConfigError
+from .base import CAFFE_BGR, IMAGENET_RGB, CheckpointLayoutError, Imported, Layout, Preprocess
+from .detect import LAYOUTS, OURS, detect_layout, is_ours, state_dict_of, unknown_layout_error
+from .kazuto import ScaleFactorMSC
+
+__all__ = [
+    "CAFFE_BGR",
+    "IMAGENET_RGB",
+    "LAYOUTS",
+    "OURS",
+    "CheckpointLayoutError",
+    "Imported",
+    "Layout",
+    "Preprocess",
+    "ScaleFactorMSC",
+    "detect_layout",
+    "import_checkpoint",
+    "is_ours",
+    "state_dict_of",
+    "unknown_layout_error",
+]
+
+
+def _class_count(layout: Layout, state: dict[str, Any], num_classes: int | None) -> int:
+    """Classes from the classifier's shape; a missing classifier is reported by the strict load."""
+    weight = state.get(layout.classifier_key)
+    if weight is None:
+        return num_classes or 21
+    found = int(weight.shape[0])
+    if num_classes is not None and num_classes != found:
+        raise CheckpointLayoutError(
+            f"checkpoint has {found} classes ({layout.classifier_key} is {list(weight.shape)}) but "
+            f"num_classes={num_classes} was asked; import it as is and replace the classifier to change the count"
+        )
+    return found
+
+
+def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: int | None) -> Imported:
+    """Rebuild from the stored config (as ``deeplab-eval`` does) and load strictly."""
+    from ...config import TrainConfig
+    from ...factory import model_spec
+    from ..builder import build_model
+    from .base import identity_rules, load_renamed, meta_build
+
+    if not isinstance(obj.get("config"), dict):
+        raise CheckpointLayoutError(f"{OURS} checkpoint without its 'config' entry; cannot rebuild the model")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), obj["config"])
+    except Exception as exc:  # noqa: BLE001 - OmegaConf raises many types for a bad config
+        raise CheckpointLayoutError(f"{OURS} checkpoint has an unusable config ({type(exc).__name__}: {exc})") from exc
+    if num_classes is not None and num_classes != cfg.model.num_classes:
+        raise CheckpointLayoutError(f"checkpoint has {cfg.model.num_classes} classes but num_classes={num_classes}")
+    if output_stride is not None:
+        cfg.model.output_stride = output_stride
+    spec = model_spec(cfg)
+    model = meta_build(lambda: build_model(spec))
+    header = f"{OURS} checkpoint does not fit the model its config describes:"
+    load_renamed(model, state_dict_of(obj), identity_rules(""), header)
+    nodes = [node for node in ("model", "backbone", "head", "scales") if node in cfg]
+    overrides = {node: OmegaConf.to_container(cfg[node], resolve=True) for node in nodes}
+    return Imported(model.eval(), OURS, IMAGENET_RGB, overrides, [])
+
+
+def import_checkpoint(obj: Any, *, output_stride: int | None = None, num_classes: int | None = None) -> Imported:
+    """Detect the layout of ``obj`` (a loaded checkpoint or a path) and import it into our model.
+
+    ``output_stride`` defaults to the one the weights were trained with (VainF files do
+    not record it: 16 is assumed). ``num_classes`` is read from the classifier; passing a
+    different one is an error. The model comes back in eval mode.
+    """
+    if isinstance(obj, (str, Path)):
+        from ...engine.checkpoint import load_checkpoint
+
+        obj = load_checkpoint(obj)
+    name = detect_layout(obj)
+    if name == OURS:
+        return _import_ours(obj, output_stride, num_classes)
+    layout, state = LAYOUTS[name], state_dict_of(obj)
+    stride = output_stride or layout.output_strides[0]
+    if stride not in layout.output_strides:
+        raise ConfigError(
+            f"output_stride={stride} is not available for {name}; choose one of {list(layout.output_strides)}"
+        )
+    n = _class_count(layout, state, num_classes)
+    model, notes = layout.load(state, n, stride)
+    if output_stride is None and not layout.stride_in_file:
+        notes.append(f"the file does not record its output stride; assumed {stride} (pass output_stride= if not)")
+    return Imported(model, name, layout.preprocess, layout.config(n, stride), notes)

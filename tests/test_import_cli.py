@@ -1,0 +1,79 @@
+"""deeplab-eval on checkpoints of other projects: layout recognised, their preprocessing applied."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from deeplab_cli.data.transforms import eval_transforms
+from deeplab_cli.models.importers import CAFFE_BGR, IMAGENET_RGB
+
+BIN = Path(sys.executable).parent
+
+
+def _eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "deeplab-eval"), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic_voc(root, SyntheticSpec(num_train=2, num_val=2))
+    return root
+
+
+def test_eval_torchvision_checkpoint_matches_torchvision_predictions(tmp_path: Path, synthetic_root: Path) -> None:
+    torch.manual_seed(0)
+    tv = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21)
+    ckpt = tmp_path / "deeplabv3_resnet50.pth"
+    torch.save(tv.state_dict(), ckpt)
+    out = tmp_path / "eval"
+    proc = _eval(f"checkpoint={ckpt}", f"hydra.run.dir={out}", f"dataset.root={synthetic_root}",
+                 "dataset.synthetic.num_train=2", "dataset.synthetic.num_val=2", "save_predictions=true",
+                 "eval.num_workers=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2
+    tv.eval()
+    voc = synthetic_root / "VOC2012"
+    for png in sorted((out / "predictions").glob("*.png")):
+        rgb = np.array(Image.open(voc / "JPEGImages" / f"{png.stem}.jpg").convert("RGB"))
+        with torch.no_grad():
+            expected = tv(IMAGENET_RGB(rgb)[None])["out"].argmax(1)[0].numpy()
+        assert (np.array(Image.open(png)) == expected).mean() > 0.999
+
+
+def test_foreign_file_with_unknown_keys_is_refused_with_the_keys(tmp_path: Path) -> None:
+    ckpt = tmp_path / "mystery.pth"
+    torch.save({"encoder.conv.weight": torch.zeros(3, 3), "decoder.fc.bias": torch.zeros(2)}, ckpt)
+    proc = _eval(f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 1
+    assert "matches no known layout" in proc.stderr and "mystery.pth" in proc.stderr
+    assert "unexpected: encoder.conv.weight, decoder.fc.bias" in proc.stderr
+    assert "missing: backbone.conv1.weight" in proc.stderr and "2 unexpected" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_caffe_bgr_preprocessing_as_dataset_config_equals_the_importers() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+    cfg = CAFFE_BGR.as_dataset_config()
+    assert cfg["bgr"] is True
+    from torchvision import tv_tensors
+
+    image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))
+    mask = tv_tensors.Mask(torch.zeros(7, 9, dtype=torch.uint8))
+    ours, _ = eval_transforms(cfg["mean"], cfg["std"], cfg["bgr"])(image, mask)
+    torch.testing.assert_close(ours.as_subclass(torch.Tensor), CAFFE_BGR(rgb), rtol=1e-5, atol=1e-3)
+    rgb_cfg = IMAGENET_RGB.as_dataset_config()
+    ours, _ = eval_transforms(rgb_cfg["mean"], rgb_cfg["std"], rgb_cfg["bgr"])(image, mask)
+    torch.testing.assert_close(ours.as_subclass(torch.Tensor), IMAGENET_RGB(rgb), rtol=1e-5, atol=1e-5)
