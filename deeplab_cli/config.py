@@ -22,6 +22,7 @@ class ModelConfig:
     output_stride: int = 8
     pretrained: bool = False
     weights: Optional[str] = None
+    init_from: Optional[str] = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from .engine.logger import TensorBoardLogger, format_table
 from .engine.loop import freeze_batchnorm, group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .errors import DeepLabError
+from .models.importers import import_checkpoint
 
 log = logging.getLogger("deeplab_cli.train")
 register_configs()
@@ -99,15 +100,41 @@ def validate_model(model, cfg: DictConfig, device, tb: TensorBoardLogger, step: 
     return metrics
 
 
+def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
+    """Start from any checkpoint ``import_checkpoint`` knows (ours, torchvision, kazuto, VainF).
+
+    The file decides the architecture and the input normalisation; ``cfg`` is updated
+    in place so that this run's own checkpoints rebuild the same model.
+    """
+    try:
+        imported = import_checkpoint(cfg.model.init_from)
+    except CheckpointError as exc:
+        raise CheckpointError(f"model.init_from={cfg.model.init_from}: {exc}") from exc
+    init_from = cfg.model.init_from
+    for node, values in imported.config_overrides.items():
+        # backbone/head are typed per option (replace the node); model/scales share one schema (merge)
+        cfg[node] = OmegaConf.create(values) if node in ("backbone", "head") else OmegaConf.merge(cfg[node], values)
+    cfg.model.init_from, cfg.model.pretrained = init_from, False
+    cfg.dataset.merge_with(imported.preprocess.as_dataset_config())
+    for note in imported.notes:
+        log.info("%s: %s", imported.layout, note)
+    log.info("initialised from %s (%s)", init_from, imported.layout)
+    return imported.model
+
+
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.trainer.max_iters`` iterations; returns the final validation metrics."""
+    imported = init_from_checkpoint(cfg) if cfg.model.init_from else None
     factory.validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = factory.select_device(cfg.trainer.device)
     t = cfg.trainer
     resume_path = _resume_from(run_dir, str(cfg.resume).lower())
     torch.manual_seed(t.seed)
-    model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
+    if imported is not None and resume_path is None:
+        model = imported.to(device)
+    else:
+        model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
     if t.freeze_bn:
         freeze_batchnorm(model)  # before building the optimizer: frozen affine terms are not optimised
     o = cfg.optim

@@ -77,3 +77,26 @@ def test_caffe_bgr_preprocessing_as_dataset_config_equals_the_importers() -> Non
     rgb_cfg = IMAGENET_RGB.as_dataset_config()
     ours, _ = eval_transforms(rgb_cfg["mean"], rgb_cfg["std"], rgb_cfg["bgr"])(image, mask)
     torch.testing.assert_close(ours.as_subclass(torch.Tensor), IMAGENET_RGB(rgb), rtol=1e-5, atol=1e-5)
+
+
+def test_train_init_from_torchvision_checkpoint(tmp_path: Path, synthetic_root: Path) -> None:
+    torch.manual_seed(0)
+    tv = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21)
+    ckpt = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), ckpt)
+    run = tmp_path / "run"
+    args = [
+        f"hydra.run.dir={run}", f"model.init_from={ckpt}", f"dataset.root={synthetic_root}",
+        "dataset.synthetic.num_train=2", "dataset.synthetic.num_val=2", "dataset.crop_size=49",
+        "dataset.num_workers=0", "trainer.max_iters=1", "trainer.batch_size=2", "trainer.progress=false",
+        "optim.lr=1e-9",
+    ]  # fmt: skip
+    proc = subprocess.run([str(BIN / "deeplab-train"), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["backbone"]["name"] == "resnet50" and state["config"]["head"]["name"] == "aspp_v3"
+    assert state["config"]["model"]["output_stride"] == 8 and state["config"]["model"]["init_from"] == str(ckpt)
+    # trained from the file's weights (a tiny LR keeps them within float noise)
+    torch.testing.assert_close(state["model"]["backbone.conv1.weight"], tv.state_dict()["backbone.conv1.weight"],
+                               rtol=0, atol=1e-6)  # fmt: skip
+    assert json.loads((run / "metrics.json").read_text())["num_images"] == 2
