@@ -13,8 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from hydra_compose import compose_train
 
 from deeplab_cli import evaluate as eval_mod
 from deeplab_cli import train as train_mod
@@ -175,16 +174,7 @@ def test_config_search_path_from_installed_script() -> None:
 
 
 def _compose(run_dir: Path, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    OmegaConf.set_readonly(cfg.hydra, False)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_train(overrides, run_dir)
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthetic_root: Path, monkeypatch) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra_compose import compose_train
 
 from deeplab_cli import factory
 from deeplab_cli._paths import config_dir
-from deeplab_cli.config import register_configs
 from deeplab_cli.engine.loop import group_micro_batches, train_step
 from deeplab_cli.engine.optim import build_optimizer, param_groups, poly_scheduler
 from deeplab_cli.errors import ConfigError
@@ -51,10 +49,7 @@ def test_group_micro_batches_chunks_and_drops_index() -> None:
 
 
 def _cfg(*overrides: str):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_train(list(overrides))
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ below, written from ``checkpoint_layouts.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,13 +41,7 @@ VAINF = {
 Rows = list[tuple[str, tuple[int, ...], torch.dtype]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small inputs: one intra-op thread is as fast and avoids OpenMP spin-waits when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_keys(name: str) -> Rows:

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from hydra_compose import compose_train
 
 from deeplab_cli import factory
 from deeplab_cli import train as train_mod
 from deeplab_cli._paths import config_dir
-from deeplab_cli.config import register_configs
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 
 #: Parameter counts for 21 classes. v1/v2/v3 numbers are the papers' layer sizes (and
@@ -37,19 +33,7 @@ PARAMS = {
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
 
-def _cfg(overrides: list[str], run_dir: Path | None = None):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=run_dir is not None)
-    if run_dir is not None:
-        OmegaConf.set_readonly(cfg.hydra, False)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
+_cfg = compose_train
 
 
 def test_every_preset_has_a_parameter_count() -> None:
