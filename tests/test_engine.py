@@ -136,3 +136,20 @@ def test_paper_recipes() -> None:
         16,
     )
     assert v3p.trainer.label_policy == "upsample" and not v3p.trainer.freeze_bn
+
+
+def test_v3plus_on_a_backbone_without_low_level_features_is_rejected() -> None:
+    from deeplab_cli.models.builder import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="head=v3plus needs low-level .* backbone=vgg16"):
+        build_model(ModelSpec("vgg16", "v3plus", 21, backbone_args={"width_mult": 0.125}))
+
+
+def test_xception_pretrained_without_weights_file_says_where_to_get_it() -> None:
+    from deeplab_cli.models.pretrained import PretrainedWeightsError
+
+    with pytest.raises(PretrainedWeightsError) as info:
+        build_model(ModelSpec("xception65", "v3plus", 21, output_stride=16), pretrained=True)
+    message = str(info.value)
+    assert "xception65" in message and "model.weights=" in message and "huggingface.co/timm" in message
+    assert "model.pretrained=false" in message

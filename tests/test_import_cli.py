@@ -100,3 +100,19 @@ def test_train_init_from_torchvision_checkpoint(tmp_path: Path, synthetic_root: 
     torch.testing.assert_close(state["model"]["backbone.conv1.weight"], tv.state_dict()["backbone.conv1.weight"],
                                rtol=0, atol=1e-6)  # fmt: skip
     assert json.loads((run / "metrics.json").read_text())["num_images"] == 2
+
+
+def test_eval_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
+    proc = _eval(f"checkpoint={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'nope.pt'} does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    torch.save({"format": "deeplab-cli", "model": {"w": torch.zeros(1000)}}, good)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:200])
+    proc = _eval(f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 1
+    assert f"checkpoint {bad} could not be read" in proc.stderr and "Traceback" not in proc.stderr
