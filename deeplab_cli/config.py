@@ -125,6 +125,7 @@ class DatasetConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     bgr: bool = False
     num_workers: int = 2
+    subset: Optional[int] = None
     synthetic: Optional[SyntheticConfig] = None
 
 
@@ -170,9 +171,32 @@ class TrainConfig:
 
 
 @dataclass
+class CRFConfig:
+    """DenseCRF post-processing (``crf=none`` switches it off)."""
+
+    name: str = "none"
+    iterations: int = 10
+    bi_w: float = 4.0
+    bi_xy_std: float = 67.0
+    bi_rgb_std: float = 3.0
+    pos_w: float = 3.0
+    pos_xy_std: float = 1.0
+    workers: Optional[int] = None
+
+
+@dataclass
 class EvalOptions:
     split: Optional[str] = None
     num_workers: int = 2
+    batch_size: int = 1
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    trimap: list[int] = field(default_factory=list)
+    export: Optional[str] = None
+    cache: str = "auto"
+    cache_dir: str = "~/.cache/deeplab-cli/probabilities"
+    plots: bool = True
+    progress: bool = True
 
 
 @dataclass
@@ -180,6 +204,14 @@ class EvalConfig(TrainConfig):
     checkpoint: str = MISSING
     save_predictions: bool = False
     eval: EvalOptions = field(default_factory=EvalOptions)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+
+
+@dataclass
+class PredictConfig(EvalConfig):
+    input: str = MISSING
+    output: Optional[str] = None
+    overlay_alpha: float = 0.5
 
 
 def register_configs() -> None:
@@ -187,6 +219,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
     cs.store(group="backbone", name="vgg16_schema", node=VGG16Config)
     cs.store(group="backbone", name="resnet_schema", node=ResNetConfig)
     cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)

@@ -1,10 +1,11 @@
-"""``deeplab-eval``: evaluate a checkpoint on whole images at their original size."""
+"""``deeplab-eval``: evaluate a checkpoint on whole images at their original size (+ TTA, CRF, trimap)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,21 @@ from PIL import Image
 from . import factory
 from ._paths import config_dir
 from .config import TrainConfig, register_configs
+from .data import voc_export
 from .data.palette import voc_palette
 from .engine.checkpoint import CheckpointError, load_checkpoint
-from .engine.logger import format_table
+from .engine.logger import TensorBoardLogger, format_table
+from .engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
+from .engine.prob_cache import ProbabilityCache, file_digest
 from .errors import DeepLabError
 from .models.importers import import_checkpoint, is_ours
+from .report import save_pictures
 
 log = logging.getLogger("deeplab_cli.evaluate")
 register_configs()
+
+#: The nodes that decide the network's output (part of the probability cache key).
+_ARCH_NODES = ("model", "backbone", "head", "scales")
 
 #: Selecting one of these groups on the command line replaces these stored nodes.
 _GROUP_NODES = {
@@ -34,6 +42,7 @@ _GROUP_NODES = {
     "head": ("head",),
     "scales": ("scales",),
     "dataset": ("dataset",),
+    "trainer": ("trainer",),
 }
 
 
@@ -89,8 +98,8 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
     except CheckpointError as exc:
         raise CheckpointError(f"{cfg.checkpoint}: {exc}") from exc
     stored = OmegaConf.to_container(cfg, resolve=True)
-    for node in ("checkpoint", "save_predictions", "eval"):
-        stored.pop(node, None)
+    for node in set(stored) - {f.name for f in fields(TrainConfig)}:  # eval/predict-only nodes
+        stored.pop(node)
     stored.update(imported.config_overrides)
     stored["dataset"].update(imported.preprocess.as_dataset_config())
     for note in imported.notes:
@@ -101,32 +110,125 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
     return imported.model, train_cfg
 
 
+def make_cache(cfg: DictConfig, train_cfg: DictConfig, dataset, settings: EvalSettings) -> ProbabilityCache | None:
+    """The probability cache for this checkpoint, architecture, preprocessing and test-time settings.
+
+    ``eval.cache=auto`` keeps probabilities only when a CRF runs (a CRF sweep is then
+    one network pass); entries are per image, so a ``dataset.subset`` run fills
+    part of what a full run reuses.
+    """
+    mode = str(cfg.eval.cache).lower()
+    if mode == "false" or (mode == "auto" and settings.crf is None):
+        return None
+    d = train_cfg.dataset
+    key = {
+        "checkpoint": file_digest(cfg.checkpoint),
+        "architecture": {n: OmegaConf.to_container(train_cfg[n], resolve=True) for n in _ARCH_NODES},
+        "preprocess": {"mean": list(d.mean), "std": list(d.std), "bgr": d.bgr},
+        "images": str(dataset.image_dir.resolve()),
+        "test_time": {"scales": list(settings.scales), "flip": settings.flip, "batch_size": settings.batch_size},
+    }
+    return ProbabilityCache(cfg.eval.cache_dir, key)
+
+
+def _output_hook(cfg: DictConfig, run_dir: Path, dataset, final_stage: str) -> PredictionHook:
+    """Writes the final prediction (CRF's when it runs) as palette PNGs where asked."""
+    pred_dir = run_dir / "predictions" if cfg.save_predictions else None
+    export_dir = voc_export.results_dir(run_dir) if cfg.eval.export == "voc_test" else None
+    if pred_dir is not None:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+
+    def hook(index: int, pred: torch.Tensor, target: torch.Tensor, stage: str) -> None:
+        if stage != final_stage:
+            return
+        for out in (pred_dir, export_dir):
+            if out is not None:
+                save_prediction(out, dataset.ids[index], pred)
+
+    return hook
+
+
+def assemble_metrics(result: EvalResult, train_cfg: DictConfig, cfg: DictConfig, s: EvalSettings, n: int) -> dict:
+    """``metrics.json``: the final (CRF if run) metrics on top, the network's alongside."""
+    net = factory.split_metrics(result.network.matrix, train_cfg, n)
+    metrics: dict[str, Any] = net
+    if result.crf is not None and s.crf is not None:
+        final = factory.split_metrics(result.crf.matrix, train_cfg, n)
+        crf = {"name": cfg.crf.name, **s.crf.as_dict(), "workers": s.crf_workers}
+        metrics = {**final, "mIoU_network": net["mIoU"], "mIoU_crf": final["mIoU"], "crf": crf, "network": net}
+    names = factory.class_names(train_cfg)
+    meters = [("trimap_miou", result.trimap_crf or result.trimap_network)]
+    if result.trimap_crf is not None:
+        meters.append(("trimap_miou_network", result.trimap_network))
+    for key, meter in meters:
+        if meter is not None:
+            metrics[key] = {str(w): v for w, v in meter.result(names).items()}
+    return metrics
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the model from the checkpoint, evaluate, write ``metrics.json``."""
+    """Rebuild the model from the checkpoint, evaluate (TTA, CRF, trimap), write ``metrics.json``."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    settings = factory.eval_settings(cfg.eval, cfg.crf, cfg.model.num_classes)  # fails before any loading
     model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
     device = factory.select_device(train_cfg.trainer.device)
     model.to(device)
-    dataset = factory.make_eval_dataset(train_cfg, cfg.eval.split)
-    pred_dir = run_dir / "predictions"
-    if cfg.save_predictions:
-        pred_dir.mkdir(parents=True, exist_ok=True)
-
-    def on_prediction(index: int, pred: torch.Tensor, target: torch.Tensor) -> None:
-        if cfg.save_predictions:
-            save_prediction(pred_dir, dataset.ids[index], pred)
-
-    metrics = factory.evaluate_split(model, train_cfg, dataset, device, cfg.eval.num_workers, on_prediction)
-    metrics.update(checkpoint=str(cfg.checkpoint), split=dataset.split)
+    export = cfg.eval.export
+    split = cfg.eval.split or ("test" if export else None)
+    dataset = factory.make_eval_dataset(train_cfg, split, require_masks=export is None)
+    has_targets = export is None or dataset.has_masks()
+    trimap = settings.trimap if has_targets else ()  # no ground truth, no boundaries
+    settings = replace(settings, num_classes=train_cfg.model.num_classes, trimap=trimap)
+    cache = make_cache(cfg, train_cfg, dataset, settings)
+    hook = _output_hook(cfg, run_dir, dataset, "crf" if settings.crf is not None else "network")
+    result = run_evaluation(model, dataset, device, settings, cache, hook)
+    metrics = assemble_metrics(result, train_cfg, cfg, settings, len(dataset)) if has_targets else {}
+    metrics.update(
+        checkpoint=str(cfg.checkpoint),
+        split=dataset.split,
+        num_images=len(dataset),
+        test_time={
+            "scales": list(settings.scales),
+            "flip": settings.flip,
+            "output_stride": train_cfg.model.output_stride,
+        },
+        probabilities={
+            "network_images": result.network_images,
+            "cached_images": result.cached_images,
+            "cache": str(cache.dir) if cache is not None else None,
+        },
+        seconds=round(result.seconds, 3),
+    )
+    if export:
+        metrics["export"] = {"format": export, "archive": str(voc_export.archive_results(run_dir))}
+        log.info("VOC server files: %s (upload %s)", voc_export.results_dir(run_dir), metrics["export"]["archive"])
+    if has_targets and cfg.eval.plots:
+        _pictures(run_dir, result, train_cfg, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(format_table(metrics))
+    if has_targets:
+        print(format_table(metrics))
     return metrics
+
+
+def _pictures(run_dir: Path, result: EvalResult, train_cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    names = factory.class_names(train_cfg)
+    trimap = {}
+    if "trimap_miou_network" in metrics:
+        trimap["network"] = {int(w): v for w, v in metrics["trimap_miou_network"].items()}
+    if "trimap_miou" in metrics:
+        trimap["CRF" if result.crf is not None else "network"] = {int(w): v for w, v in metrics["trimap_miou"].items()}
+    matrix = result.crf.matrix if result.crf is not None else result.network.matrix
+    tb = TensorBoardLogger(run_dir / "tensorboard")
+    try:
+        save_pictures(run_dir / "plots", tb, 0, matrix, names, metrics, trimap or None)
+    finally:
+        tb.close()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> float:
     try:
-        return float(run_eval(cfg)["mIoU"])
+        return float(run_eval(cfg).get("mIoU", float("nan")))
     except DeepLabError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

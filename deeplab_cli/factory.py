@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,12 +14,13 @@ from .data.sampler import IterationBatchSampler
 from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from .data.transforms import eval_transforms, train_transforms
 from .data.voc import VOCSegmentation
-from .engine.loop import evaluate
 from .engine.losses import LABEL_POLICIES
 from .engine.metrics import compute_metrics
+from .engine.pipeline import EvalSettings, PredictionHook, run_evaluation
 from .errors import ConfigError
 from .models.builder import ModelSpec, build_model
 from .models.segmenter import DeepLab
+from .postprocess.crf import CRFParams, default_workers, require_pydensecrf
 
 RESUME_VALUES = ("false", "true", "auto")
 
@@ -114,16 +114,25 @@ def make_train_loader(cfg: DictConfig, start_iter: int) -> DataLoader:
     )
 
 
-def make_eval_dataset(cfg: DictConfig, split: str | None = None) -> VOCSegmentation:
+def make_eval_dataset(cfg: DictConfig, split: str | None = None, require_masks: bool = True) -> VOCSegmentation:
+    """Whole images of ``split`` (default ``dataset.val_split``), the first ``dataset.subset`` of them."""
     d = cfg.dataset
-    return VOCSegmentation(dataset_root(cfg), split or d.val_split, d.mask_dir, eval_transforms(d.mean, d.std, d.bgr))
-
-
-def make_eval_loader(dataset: VOCSegmentation, num_workers: int) -> DataLoader:
-    """Batch size 1: whole images of different sizes, never cropped or padded."""
-    return DataLoader(
-        dataset, batch_size=1, shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
+    return VOCSegmentation(
+        dataset_root(cfg),
+        split or d.val_split,
+        d.mask_dir,
+        eval_transforms(d.mean, d.std, d.bgr),
+        subset=d.subset,
+        require_masks=require_masks,
     )
+
+
+def split_metrics(matrix: Tensor, cfg: DictConfig, num_images: int) -> dict[str, Any]:
+    """``compute_metrics`` plus the image count and the raw confusion matrix (rows: ground truth)."""
+    metrics = compute_metrics(matrix, class_names(cfg))
+    metrics["num_images"] = num_images
+    metrics["confusion_matrix"] = matrix.cpu().tolist()
+    return metrics
 
 
 def evaluate_split(
@@ -132,14 +141,64 @@ def evaluate_split(
     dataset: VOCSegmentation,
     device: torch.device,
     num_workers: int,
-    on_prediction: Callable[[int, Tensor, Tensor], None] | None = None,
+    on_prediction: PredictionHook | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``dataset``: the one path used by validation and by deeplab-eval."""
-    loader = make_eval_loader(dataset, num_workers)
-    matrix = evaluate(model, loader, cfg.model.num_classes, device, on_prediction)
-    metrics = compute_metrics(matrix.matrix, class_names(cfg))
-    metrics["num_images"] = len(dataset)
-    return metrics
+    """Metrics of ``model`` on ``dataset`` (one scale, no CRF): the validation of training runs.
+
+    It is ``run_evaluation`` with default settings, the same path ``deeplab-eval``
+    takes, so an eval of a checkpoint reproduces its training mIoU exactly.
+    """
+    settings = EvalSettings(num_classes=cfg.model.num_classes, num_workers=num_workers)
+    result = run_evaluation(model, dataset, device, settings, on_prediction=on_prediction)
+    return split_metrics(result.network.matrix, cfg, len(dataset))
+
+
+EXPORTS = ("voc_test",)
+CACHE_MODES = ("auto", "true", "false")
+
+
+def crf_params(crf: DictConfig) -> CRFParams | None:
+    """The CRF settings of the ``crf`` group, or None for ``crf=none``; fails early without pydensecrf."""
+    if crf.name == "none":
+        return None
+    require_pydensecrf()
+    return CRFParams(
+        iterations=crf.iterations,
+        bi_w=crf.bi_w,
+        bi_xy_std=crf.bi_xy_std,
+        bi_rgb_std=crf.bi_rgb_std,
+        pos_w=crf.pos_w,
+        pos_xy_std=crf.pos_xy_std,
+    )
+
+
+def eval_settings(options: DictConfig, crf: DictConfig, num_classes: int, has_targets: bool = True) -> EvalSettings:
+    """Check the ``eval`` and ``crf`` nodes and turn them into pipeline settings."""
+    scales = tuple(float(x) for x in options.scales)
+    if not scales or min(scales) <= 0:
+        raise ConfigError(f"eval.scales={list(scales)} must list positive factors, e.g. eval.scales=[0.75,1.0,1.25].")
+    if options.batch_size < 1:
+        raise ConfigError(f"eval.batch_size={options.batch_size} must be at least 1.")
+    if any(int(w) < 1 for w in options.trimap):
+        raise ConfigError(f"eval.trimap={list(options.trimap)} must list band widths of at least 1 pixel.")
+    if options.export is not None and options.export not in EXPORTS:
+        raise ConfigError(f"eval.export={options.export!r} is unknown; choose one of {', '.join(EXPORTS)} or null.")
+    if str(options.cache).lower() not in CACHE_MODES:
+        raise ConfigError(f"eval.cache={options.cache!r}; choose one of {', '.join(CACHE_MODES)}.")
+    workers = crf.workers if crf.workers is not None else default_workers()
+    if workers < 0:
+        raise ConfigError(f"crf.workers={crf.workers} must be 0 (in-process), a positive count or null (all cores).")
+    return EvalSettings(
+        num_classes=num_classes,
+        scales=scales,
+        flip=options.flip,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        crf=crf_params(crf),
+        crf_workers=workers,
+        trimap=tuple(int(w) for w in options.trimap) if has_targets else (),
+        progress=options.progress,
+    )
 
 
 def select_device(name: str) -> torch.device:

@@ -25,6 +25,7 @@ from .engine.loop import freeze_batchnorm, group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .errors import DeepLabError
 from .models.importers import import_checkpoint
+from .report import save_pictures
 
 log = logging.getLogger("deeplab_cli.train")
 register_configs()
@@ -86,17 +87,25 @@ def _save(path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConf
     )
 
 
-def validate_model(model, cfg: DictConfig, device, tb: TensorBoardLogger, step: int) -> dict[str, Any]:
-    """Evaluate on ``dataset.val_split`` and log metrics plus a few image panels."""
+def validate_model(
+    model, cfg: DictConfig, device, tb: TensorBoardLogger, step: int, plots_dir: Path | None = None
+) -> dict[str, Any]:
+    """Evaluate on ``dataset.val_split``; log metrics, a few image panels and the pictures.
+
+    The confusion matrix and per-class IoU go to TensorBoard at every validation
+    and, for the final one, to ``plots_dir`` as PNGs.
+    """
     dataset = factory.make_eval_dataset(cfg)
     n_vis = cfg.trainer.num_vis_images
 
-    def show(index: int, pred, target) -> None:
+    def show(index: int, pred, target, stage: str) -> None:
         if index < n_vis:
             tb.panel(f"val/panel_{index}", dataset.load_rgb(index), target, pred, step)
 
     metrics = factory.evaluate_split(model, cfg, dataset, device, cfg.dataset.num_workers, show)
     tb.metrics(metrics, step)
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    save_pictures(plots_dir, tb, step, matrix, factory.class_names(cfg), metrics)
     return metrics
 
 
@@ -154,7 +163,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     try:
         metrics = _loop(model, optimizer, scheduler, cfg, start, best, tb, run_dir, device)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
-            metrics = validate_model(model, cfg, device, tb, t.max_iters)
+            metrics = validate_model(model, cfg, device, tb, t.max_iters, run_dir / "plots")
     finally:
         tb.close()
     metrics["iteration"] = t.max_iters
@@ -179,7 +188,8 @@ def _loop(model, optimizer, scheduler, cfg, start: int, best: float, tb, run_dir
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 tb.scalars({"train/loss": loss, "train/lr": lr}, it)
             if it % t.val_interval == 0 or it == t.max_iters:
-                metrics = validate_model(model, cfg, device, tb, it)
+                plots = run_dir / "plots" if it == t.max_iters else None
+                metrics = validate_model(model, cfg, device, tb, it, plots)
                 log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
                 if metrics["mIoU"] > best:
                     best = metrics["mIoU"]

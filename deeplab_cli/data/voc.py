@@ -12,7 +12,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+
 from ..errors import DeepLabError
+from .palette import IGNORE_INDEX
 
 
 class DatasetError(DeepLabError):
@@ -81,13 +83,20 @@ class VOCSegmentation(Dataset):
         split: str,
         mask_dir: str = "SegmentationClass",
         transforms: Callable[..., Any] | None = None,
+        subset: int | None = None,
+        require_masks: bool = True,
     ) -> None:
         self.voc_dir = resolve_voc_dir(root)
         self.split = split
         self.ids = read_split(self.voc_dir, split)
+        if subset is not None:
+            if subset < 1:
+                raise DatasetError(f"dataset.subset={subset} must be a positive number of images (or null for all).")
+            self.ids = self.ids[:subset]
         self.image_dir = self.voc_dir / "JPEGImages"
         self.mask_dir = self.voc_dir / mask_dir
-        if not self.mask_dir.is_dir():
+        self.require_masks = require_masks
+        if require_masks and not self.mask_dir.is_dir():
             raise DatasetError(
                 f"mask folder {self.mask_dir} does not exist. For dataset=voc_aug run "
                 "'python scripts/prepare_voc.py' to build SegmentationClassAug/ from SBD."
@@ -103,6 +112,22 @@ class VOCSegmentation(Dataset):
     def mask_path(self, index: int) -> Path:
         return self.mask_dir / f"{self.ids[index]}.png"
 
+    def has_masks(self) -> bool:
+        """Whether every listed image has a mask (the VOC test split has none)."""
+        return all(self.mask_path(i).is_file() for i in range(len(self)))
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) from the file header, without decoding the image (for size-sorted batches)."""
+        with Image.open(self.image_path(index)) as img:
+            return img.height, img.width
+
+    def load_target(self, index: int) -> Tensor | None:
+        """The class-index mask as a (H, W) int64 tensor, or None when masks are optional and absent."""
+        path = self.mask_path(index)
+        if not self.require_masks and not path.is_file():
+            return None
+        return torch.from_numpy(load_mask(path)).long()
+
     def load_rgb(self, index: int) -> np.ndarray:
         """The raw RGB image (H, W, 3) uint8, as CRF and the TensorBoard panels need it."""
         with Image.open(self.image_path(index)) as img:
@@ -111,7 +136,10 @@ class VOCSegmentation(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Tensor, int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = tv_tensors.Image(torch.from_numpy(self.load_rgb(index)).permute(2, 0, 1))
-        mask = tv_tensors.Mask(torch.from_numpy(load_mask(self.mask_path(index))))
+        if self.require_masks or self.mask_path(index).is_file():
+            mask = tv_tensors.Mask(torch.from_numpy(load_mask(self.mask_path(index))))
+        else:  # images without ground truth (VOC test): every pixel ignored
+            mask = tv_tensors.Mask(torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8))
         if image.shape[-2:] != mask.shape[-2:]:
             raise DatasetError(
                 f"mask {self.mask_path(index)} is {tuple(mask.shape)} but image "

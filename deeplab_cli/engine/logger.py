@@ -48,6 +48,11 @@ class TensorBoardLogger:
             picture = panel(image, target.cpu().numpy(), pred.cpu().numpy())
             self.writer.add_image(tag, picture, step, dataformats="HWC")
 
+    def image(self, tag: str, picture: np.ndarray, step: int) -> None:
+        """An (H, W, 3) uint8 picture, e.g. a rendered matplotlib figure."""
+        if self.writer:
+            self.writer.add_image(tag, picture, step, dataformats="HWC")
+
     def close(self) -> None:
         if self.writer:
             self.writer.close()

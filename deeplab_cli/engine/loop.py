@@ -1,17 +1,15 @@
-"""The training step and the evaluation pass: plain functions with explicit arguments."""
+"""The training step: plain functions with explicit arguments (evaluation lives in ``pipeline``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .losses import total_loss
-from .metrics import ConfusionMatrix
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -52,36 +50,6 @@ def train_step(
     optimizer.step()
     scheduler.step()
     return float(total)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, image: Tensor) -> Tensor:
-    """Logits (1, C, H, W) at the image's own size: whole image in, bilinear upsampling out."""
-    logits = model(image)["out"]
-    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
-    num_classes: int,
-    device: torch.device,
-    on_prediction: Callable[[int, Tensor, Tensor], None] | None = None,
-) -> ConfusionMatrix:
-    """Confusion matrix over whole images at their original resolution (batch size 1).
-
-    ``on_prediction(index, prediction, target)`` sees every (H, W) prediction, for
-    saving PNGs or TensorBoard panels without a second forward pass.
-    """
-    model.eval()
-    matrix = ConfusionMatrix(num_classes, device=device)
-    for image, target, index in batches:
-        image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        pred = predict_logits(model, image).argmax(1)
-        matrix.update(pred, target)
-        if on_prediction is not None:
-            on_prediction(int(index[0]), pred[0], target[0])
-    return matrix
 
 
 def group_micro_batches(loader: Iterable, accumulate: int) -> Iterator[list[tuple[Tensor, Tensor]]]:

@@ -1,0 +1,1 @@
+"""Post-processing of network outputs (DenseCRF); kept free of torch so worker processes start fast."""

@@ -1,0 +1,84 @@
+"""``deeplab-predict``: palette PNG masks and overlay JPEGs for any images, with optional TTA and CRF."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from PIL import Image
+
+from . import factory
+from ._paths import config_dir
+from .config import register_configs
+from .data.images import ImageFiles, resolve_inputs
+from .data.transforms import eval_transforms
+from .engine.logger import colorize
+from .engine.pipeline import PredictionHook, run_evaluation
+from .errors import ConfigError, DeepLabError
+from .evaluate import load_for_eval, save_prediction
+
+log = logging.getLogger("deeplab_cli.predict")
+register_configs()
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, alpha: float) -> np.ndarray:
+    """The image with class colours blended in at ``alpha``; background (class 0) left as it is."""
+    colours = colorize(pred).astype(np.float32)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.where((pred > 0)[..., None], blended, image).round().astype(np.uint8)
+
+
+def _writer(dataset: ImageFiles, out_dir: Path, alpha: float, final_stage: str) -> PredictionHook:
+    def write(index: int, pred: torch.Tensor, target: torch.Tensor, stage: str) -> None:
+        if stage != final_stage:
+            return
+        save_prediction(out_dir, dataset.ids[index], pred)
+        mixed = overlay(dataset.load_rgb(index), pred.cpu().numpy().astype(np.uint8), alpha)
+        Image.fromarray(mixed).save(out_dir / f"{dataset.ids[index]}_overlay.jpg", quality=90)
+
+    return write
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Segment every input image; returns where the files went and how many."""
+    if not 0.0 <= cfg.overlay_alpha <= 1.0:
+        raise ConfigError(f"overlay_alpha={cfg.overlay_alpha} must lie in [0, 1].")
+    settings = factory.eval_settings(cfg.eval, cfg.crf, cfg.model.num_classes, has_targets=False)
+    files = resolve_inputs(str(cfg.input))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = Path(cfg.output).expanduser() if cfg.output else run_dir / "predictions"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output={str(out_dir)!r} cannot be created ({exc}); choose a writable folder.") from exc
+    model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
+    device = factory.select_device(train_cfg.trainer.device)
+    model.to(device)
+    d = train_cfg.dataset
+    dataset = ImageFiles(files, eval_transforms(d.mean, d.std, d.bgr))
+    final_stage = "crf" if settings.crf is not None else "network"
+    hook = _writer(dataset, out_dir, cfg.overlay_alpha, final_stage)
+    result = run_evaluation(model, dataset, device, settings, on_prediction=hook)
+    log.info("wrote %d masks and overlays to %s in %.1f s", len(dataset), out_dir, result.seconds)
+    print(f"{len(dataset)} images -> {out_dir}")
+    return {"output": str(out_dir), "num_images": len(dataset), "seconds": result.seconds}
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_predict(cfg)
+    except DeepLabError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
