@@ -212,15 +212,18 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
 def _pictures(run_dir: Path, result: EvalResult, train_cfg: DictConfig, metrics: dict[str, Any]) -> None:
     names = factory.class_names(train_cfg)
-    trimap = {}
+    trimap, plain = {}, {}
     if "trimap_miou_network" in metrics:
         trimap["network"] = {int(w): v for w, v in metrics["trimap_miou_network"].items()}
+        plain["network"] = metrics["mIoU_network"]
     if "trimap_miou" in metrics:
-        trimap["CRF" if result.crf is not None else "network"] = {int(w): v for w, v in metrics["trimap_miou"].items()}
+        label = "CRF" if result.crf is not None else "network"
+        trimap[label] = {int(w): v for w, v in metrics["trimap_miou"].items()}
+        plain[label] = metrics["mIoU"]
     matrix = result.crf.matrix if result.crf is not None else result.network.matrix
     tb = TensorBoardLogger(run_dir / "tensorboard")
     try:
-        save_pictures(run_dir / "plots", tb, 0, matrix, names, metrics, trimap or None)
+        save_pictures(run_dir / "plots", tb, 0, matrix, names, metrics, trimap or None, plain or None)
     finally:
         tb.close()
 

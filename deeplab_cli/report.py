@@ -26,6 +26,7 @@ def save_pictures(
     class_names: Sequence[str],
     metrics: Mapping[str, Any],
     trimap: Mapping[str, Mapping[int, float]] | None = None,
+    trimap_plain: Mapping[str, float] | None = None,
     prefix: str = "",
 ) -> list[Path]:
     """Render the figures once; write PNGs to ``out_dir`` (if given) and images to ``tb`` (if given)."""
@@ -34,7 +35,7 @@ def save_pictures(
         "per_class_iou": per_class_iou_figure(metrics["per_class_iou"], metrics["mIoU"]),
     }
     if trimap:
-        figures["trimap"] = trimap_series_figure(trimap, metrics["mIoU"])
+        figures["trimap"] = trimap_series_figure(trimap, trimap_plain or metrics["mIoU"])
     written = []
     for name, fig in figures.items():
         if out_dir is not None:

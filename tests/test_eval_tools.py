@@ -404,3 +404,49 @@ def test_predict_input_that_matches_nothing_is_explained(tmp_path: Path, checkpo
     proc = cli("deeplab-predict", f"checkpoint={checkpoint}", f"input={tmp_path}/*.jpg", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1
     assert "matched no image" in proc.stderr and str(tmp_path) in proc.stderr
+
+
+@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+def test_crf_and_trimap_on_the_real_voc_sample(tmp_path: Path, checkpoint: Path) -> None:
+    m = run_eval(
+        tmp_path,
+        checkpoint,
+        "dataset=voc",
+        f"dataset.root={VOC_SAMPLE}",
+        "dataset.subset=3",
+        "crf=deeplabv2_vgg16",
+        "crf.workers=2",
+        "eval.trimap=[2,4,8,16,32,100000]",
+        "save_predictions=true",
+    )
+    assert m["num_images"] == 3 and m["split"] == "val"
+    assert set(m["trimap_miou"]) == set(m["trimap_miou_network"]) == {"2", "4", "8", "16", "32", "100000"}
+    assert m["trimap_miou"]["100000"] == pytest.approx(m["mIoU_crf"], abs=1e-9)
+    assert m["trimap_miou_network"]["100000"] == pytest.approx(m["mIoU_network"], abs=1e-9)
+    assert m["confusion_matrix"] != m["network"]["confusion_matrix"], "CRF changed no pixel"
+    for png in (tmp_path / "eval" / "predictions").glob("*.png"):
+        assert Image.open(png).size == Image.open(VOC_SAMPLE / "VOC2012" / "JPEGImages" / f"{png.stem}.jpg").size
+
+
+def test_optuna_sweep_gets_the_crf_miou_back(tmp_path: Path, checkpoint: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="install the optuna extra")
+    sweep = tmp_path / "optuna"
+    proc = cli(
+        "deeplab-eval",
+        "-m",
+        "+sweep=crf_optuna",
+        f"checkpoint={checkpoint}",
+        "hydra.sweeper.n_trials=2",
+        "crf.workers=0",
+        "dataset.subset=2",
+        "eval.num_workers=0",
+        f"eval.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    jobs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert all(j["crf"]["name"] == "deeplabv2_resnet101" and j["num_images"] == 2 for j in jobs)
+    assert f"best_value: {max(j['mIoU'] for j in jobs)}" in best
+    assert [j["probabilities"]["network_images"] for j in jobs] == [2, 0]
+    assert len(json.loads((sweep / "summary.json").read_text())) == 2

@@ -117,8 +117,11 @@ def trimap_series_figure(
             continue
         name = label if label == "whole image" else f"{label} (whole image)"
         ax.axhline(value, linestyle="--", color=colours.get(label, "gray"), label=f"{name} {value:.1f}")
+    if all_widths and min(all_widths) > 0 and max(all_widths) >= 8 * min(all_widths):
+        ax.set_xscale("log", base=2)  # the papers' widths double: 1, 2, 4, ... 40 px
     if all_widths:
-        ax.set_xticks(sorted(all_widths))
+        ax.set_xticks(sorted(all_widths), [str(w) for w in sorted(all_widths)])
+        ax.minorticks_off()
     if series or plains:
         ax.legend(loc="lower right")
     ax.set_xlabel("Trimap band width (pixels)")
