@@ -126,6 +126,7 @@ class DatasetConfig:
     bgr: bool = False
     num_workers: int = 2
     subset: Optional[int] = None
+    on_error: str = "raise"
     synthetic: Optional[SyntheticConfig] = None
 
 
@@ -152,6 +153,9 @@ class TrainerConfig:
     num_vis_images: int = 4
     label_policy: str = "nearest"
     freeze_bn: bool = False
+    checkpoint_interval: Optional[int] = None
+    on_nonfinite: str = "stop"
+    grad_clip: Optional[float] = None
     device: str = "auto"
     seed: int = 0
     progress: bool = True

@@ -7,3 +7,21 @@ class DeepLabError(Exception):
 
 class ConfigError(DeepLabError, ValueError):
     """A config value or combination of values that cannot work."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The message to print for ``exc``, without the worker traceback a DataLoader wraps around it.
+
+    An error raised in a DataLoader worker comes back as the same class whose message is
+    "Caught X in DataLoader worker process N. Original Traceback ..."; its last line holds
+    the original one-paragraph message.
+    """
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = type(exc).__name__
+    marker = f"{name}: "
+    message = last.split(marker, 1)[1] if marker in last else last
+    where = text.split("\n", 1)[0].removeprefix(f"Caught {name} ").rstrip(".")
+    return f"{message} ({where})"

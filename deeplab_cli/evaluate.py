@@ -21,16 +21,20 @@ from ._paths import config_dir
 from .config import TrainConfig, register_configs
 from .data import voc_export
 from .data.palette import voc_palette
-from .engine.checkpoint import CheckpointError, load_checkpoint
+from .data.voc import skipped_samples
+from .engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 from .engine.logger import TensorBoardLogger, format_table
 from .engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
 from .engine.prob_cache import ProbabilityCache, file_digest
-from .errors import DeepLabError
+from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint, is_ours
 from .report import save_pictures
 
 log = logging.getLogger("deeplab_cli.evaluate")
 register_configs()
+
+#: One JSON line per skipped sample (``dataset.on_error=skip``), in the run dir.
+SKIP_LOG = "skipped_samples.jsonl"
 
 #: The nodes that decide the network's output (part of the probability cache key).
 _ARCH_NODES = ("model", "backbone", "head", "scales")
@@ -91,7 +95,7 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
         train_cfg = merge_overrides(state["config"], cfg, overrides)
         factory.validate(train_cfg)
         model = factory.make_model(train_cfg, pretrained=False)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], str(cfg.checkpoint))
         return model, train_cfg
     try:
         imported = import_checkpoint(state, output_stride=_user_output_stride(overrides))
@@ -175,18 +179,18 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model.to(device)
     export = cfg.eval.export
     split = cfg.eval.split or ("test" if export else None)
-    dataset = factory.make_eval_dataset(train_cfg, split, require_masks=export is None)
+    dataset = factory.make_eval_dataset(train_cfg, split, require_masks=export is None, skip_log=run_dir / SKIP_LOG)
     has_targets = export is None or dataset.has_masks()
     trimap = settings.trimap if has_targets else ()  # no ground truth, no boundaries
     settings = replace(settings, num_classes=train_cfg.model.num_classes, trimap=trimap)
     cache = make_cache(cfg, train_cfg, dataset, settings)
     hook = _output_hook(cfg, run_dir, dataset, "crf" if settings.crf is not None else "network")
     result = run_evaluation(model, dataset, device, settings, cache, hook)
-    metrics = assemble_metrics(result, train_cfg, cfg, settings, len(dataset)) if has_targets else {}
+    metrics = assemble_metrics(result, train_cfg, cfg, settings, result.images) if has_targets else {}
     metrics.update(
         checkpoint=str(cfg.checkpoint),
         split=dataset.split,
-        num_images=len(dataset),
+        num_images=result.images,
         test_time={
             "scales": list(settings.scales),
             "flip": settings.flip,
@@ -199,6 +203,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         },
         seconds=round(result.seconds, 3),
     )
+    skipped = skipped_samples(run_dir / SKIP_LOG)
+    if skipped is not None:
+        metrics["skipped_samples"] = skipped
+        log.warning("%d bad samples were skipped: %s", skipped["count"], "; ".join(skipped["errors"]))
     if export:
         metrics["export"] = {"format": export, "archive": str(voc_export.archive_results(run_dir))}
         log.info("VOC server files: %s (upload %s)", voc_export.results_dir(run_dir), metrics["export"]["archive"])
@@ -233,7 +241,7 @@ def main(cfg: DictConfig) -> float:
     try:
         return float(run_eval(cfg).get("mIoU", float("nan")))
     except DeepLabError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {user_message(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

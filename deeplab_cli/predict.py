@@ -21,7 +21,7 @@ from .data.images import ImageFiles, resolve_inputs
 from .data.transforms import eval_transforms
 from .engine.logger import colorize
 from .engine.pipeline import PredictionHook, run_evaluation
-from .errors import ConfigError, DeepLabError
+from .errors import ConfigError, DeepLabError, user_message
 from .evaluate import load_for_eval, save_prediction
 
 log = logging.getLogger("deeplab_cli.predict")
@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run_predict(cfg)
     except DeepLabError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {user_message(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

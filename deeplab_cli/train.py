@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
+import math
 import sys
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,51 +19,56 @@ from tqdm import tqdm
 from . import factory
 from ._paths import config_dir
 from .config import register_configs
-from .engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .data.voc import DatasetError, skipped_samples
+from .engine.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    check_writable,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    set_rng_state,
+)
 from .engine.logger import TensorBoardLogger, format_table
-from .engine.loop import freeze_batchnorm, group_micro_batches, train_step
+from .engine.loop import StepResult, freeze_batchnorm, group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
-from .errors import DeepLabError
+from .engine.signals import StopOnSignals
+from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint
 from .report import save_pictures
 
 log = logging.getLogger("deeplab_cli.train")
 register_configs()
 
+#: One JSON line per skipped sample (``dataset.on_error=skip``), in the run dir.
+SKIP_LOG = "skipped_samples.jsonl"
+
 
 class TrainingInterrupted(DeepLabError):
-    """The user pressed Ctrl-C; ``last.pt`` holds the last finished iteration."""
+    """SIGINT/SIGTERM arrived; ``last.pt`` holds the last finished iteration."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-class StopOnSigint:
-    """Turn the first Ctrl-C into a request honoured between iterations.
+class NonFiniteLoss(DeepLabError):
+    """The loss (or gradient norm) became NaN/inf; the weights of that step were not applied."""
 
-    Interrupting inside ``optimizer.step()`` would leave a half-updated model; we
-    finish the step, checkpoint it and stop. A second Ctrl-C aborts at once (the
-    last periodic checkpoint stays intact, it is written atomically).
-    """
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+@dataclass
+class _Progress:
+    """What the loop reports when it stops: the best mIoU, what last.pt holds, the last finite loss."""
 
-    def __enter__(self) -> StopOnSigint:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: finishing the current iteration and writing checkpoints/last.pt (again to abort)")
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+    best: float
+    saved: int
+    last_finite: tuple[int, float] | None = None
+    nonfinite_steps: int = 0
 
 
 def _resume_from(run_dir: Path, resume: str) -> Path | None:
+    for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by SIGKILL or a crash
+        stale.unlink(missing_ok=True)
     last = run_dir / "checkpoints" / "last.pt"
     if resume == "true" and not last.is_file():
         raise CheckpointError(f"resume=true but {last} does not exist; pass the run's hydra.run.dir=...")
@@ -88,14 +93,15 @@ def _save(path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConf
 
 
 def validate_model(
-    model, cfg: DictConfig, device, tb: TensorBoardLogger, step: int, plots_dir: Path | None = None
+    model, cfg: DictConfig, device, tb: TensorBoardLogger, step: int, run_dir: Path, final: bool = False
 ) -> dict[str, Any]:
     """Evaluate on ``dataset.val_split``; log metrics, a few image panels and the pictures.
 
     The confusion matrix and per-class IoU go to TensorBoard at every validation
     and, for the final one, to ``plots_dir`` as PNGs.
     """
-    dataset = factory.make_eval_dataset(cfg)
+    dataset = factory.make_eval_dataset(cfg, skip_log=run_dir / SKIP_LOG)
+    plots_dir = run_dir / "plots" if final else None
     n_vis = cfg.trainer.num_vis_images
 
     def show(index: int, pred, target, stage: str) -> None:
@@ -133,9 +139,13 @@ def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.trainer.max_iters`` iterations; returns the final validation metrics."""
+    factory.validate(cfg)  # before any weights or data are read
     imported = init_from_checkpoint(cfg) if cfg.model.init_from else None
-    factory.validate(cfg)
+    factory.validate(cfg)  # again: the imported file may have changed the architecture
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_writable(run_dir / "checkpoints", "the checkpoint folder of the run directory (hydra.run.dir)")
+    for problem in factory.check_dataset_lists(cfg):  # raises unless dataset.on_error=skip
+        log.warning("dataset check: %s: %s: %s (will be skipped)", problem.kind, problem.path, problem.reason)
     device = factory.select_device(cfg.trainer.device)
     t = cfg.trainer
     resume_path = _resume_from(run_dir, str(cfg.resume).lower())
@@ -153,7 +163,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     start, best = 0, -1.0
     if resume_path is not None:
         state = load_checkpoint(resume_path)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], str(resume_path))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -163,10 +173,15 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     try:
         metrics = _loop(model, optimizer, scheduler, cfg, start, best, tb, run_dir, device)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
-            metrics = validate_model(model, cfg, device, tb, t.max_iters, run_dir / "plots")
+            metrics = validate_model(model, cfg, device, tb, t.max_iters, run_dir, final=True)
     finally:
         tb.close()
     metrics["iteration"] = t.max_iters
+    skipped = skipped_samples(run_dir / SKIP_LOG)
+    if skipped is not None:
+        metrics["skipped_samples"] = skipped
+        log.warning("%d bad samples were skipped (dataset.on_error=skip):\n%s", skipped["count"],
+                    "\n".join(skipped["errors"]))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("final validation:\n%s", format_table(metrics))
     return metrics
@@ -175,33 +190,82 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
 def _loop(model, optimizer, scheduler, cfg, start: int, best: float, tb, run_dir: Path, device) -> dict[str, Any]:
     """Iterations ``start+1 .. max_iters`` with logging, validation and checkpoints."""
     t = cfg.trainer
-    ckpt_dir = run_dir / "checkpoints"
+    last = run_dir / "checkpoints" / "last.pt"
+    progress = _Progress(best=best, saved=start)
     metrics: dict[str, Any] = {}
-    steps = group_micro_batches(factory.make_train_loader(cfg, start), t.accumulate)
+
+    def save(name: str, it: int) -> None:
+        _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best)
+        if name == "last.pt":
+            progress.saved = it
+
+    steps = group_micro_batches(factory.make_train_loader(cfg, start, run_dir / SKIP_LOG), t.accumulate)
+    every = t.checkpoint_interval or t.val_interval
     bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
-    with StopOnSigint() as stop, bar:
+    with StopOnSignals() as stop, bar:
         for it in range(start + 1, t.max_iters + 1):
-            loss = train_step(model, next(steps), optimizer, scheduler, t.label_policy, device, t.freeze_bn)
+            batch = _next_batch(steps, it, last, progress)
+            step = train_step(model, batch, optimizer, scheduler, t.label_policy, device, t.freeze_bn, t.grad_clip)
             bar.update(1)
+            _check_finite(step, it, t.on_nonfinite, last, progress, tb)
             if it % t.log_interval == 0 or it == t.max_iters:
                 lr = optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                tb.scalars({"train/loss": loss, "train/lr": lr}, it)
+                bar.set_postfix(loss=f"{step.loss:.4f}", lr=f"{lr:.2e}")
+                tb.scalars({"train/loss": step.loss, "train/lr": lr}, it)
             if it % t.val_interval == 0 or it == t.max_iters:
-                plots = run_dir / "plots" if it == t.max_iters else None
-                metrics = validate_model(model, cfg, device, tb, it, plots)
+                metrics = validate_model(model, cfg, device, tb, it, run_dir, final=it == t.max_iters)
                 log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
-                if metrics["mIoU"] > best:
-                    best = metrics["mIoU"]
-                    _save(ckpt_dir / "best.pt", model, optimizer, scheduler, it, cfg, best)
-                _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
-            if stop.requested and it < t.max_iters:
-                _save(ckpt_dir / "last.pt", model, optimizer, scheduler, it, cfg, best)
+                if metrics["mIoU"] > progress.best:
+                    progress.best = metrics["mIoU"]
+                    save("best.pt", it)
+                save("last.pt", it)
+            elif it % every == 0:
+                save("last.pt", it)
+            if stop.requested is not None and it < t.max_iters:
+                save("last.pt", it)
                 raise TrainingInterrupted(
-                    f"interrupted after iteration {it}; {ckpt_dir / 'last.pt'} holds it. Continue with "
-                    f"deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides)."
+                    f"{stop.requested.name} after iteration {it}; {last} holds it. Continue with "
+                    f"deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides).",
+                    stop.exit_code,
                 )
+    if progress.nonfinite_steps:
+        metrics["nonfinite_steps_skipped"] = progress.nonfinite_steps
     return metrics
+
+
+def _next_batch(steps, it: int, last: Path, progress: _Progress):
+    """The next accumulated batch; a bad sample stops the run with where its work is kept."""
+    try:
+        return next(steps)
+    except DatasetError as exc:
+        raise DatasetError(
+            f"{user_message(exc)} Training stopped at iteration {it}; {last} (iteration {progress.saved}) is "
+            "intact. Fix or remove the file (deeplab-check-data lists every problem) or set "
+            "dataset.on_error=skip, then continue with resume=true and the same hydra.run.dir."
+        ) from None
+
+
+def _check_finite(step: StepResult, it: int, policy: str, last: Path, progress: _Progress, tb) -> None:
+    """``trainer.on_nonfinite``: stop with the iteration and the last finite loss, or count and go on."""
+    if step.finite:
+        progress.last_finite = (it, step.loss)
+        return
+    what = f"loss {step.loss}" if not math.isfinite(step.loss) else f"gradient norm {step.grad_norm}"
+    if policy == "skip":
+        progress.nonfinite_steps += 1
+        tb.scalars({"train/nonfinite_steps_skipped": progress.nonfinite_steps}, it)
+        log.warning("iteration %d: %s; step skipped (%d so far)", it, what, progress.nonfinite_steps)
+        return
+    before = (
+        f"the last finite loss was {progress.last_finite[1]:.4f} at iteration {progress.last_finite[0]}"
+        if progress.last_finite
+        else "no finite loss was seen in this run"
+    )
+    raise NonFiniteLoss(
+        f"iteration {it}: {what} ({before}). The step was not applied; {last} (iteration {progress.saved}) "
+        "is intact. Lower optim.lr, set trainer.grad_clip (e.g. 10), check the data, or set "
+        "trainer.on_nonfinite=skip; then continue with resume=true."
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -211,9 +275,9 @@ def main(cfg: DictConfig) -> float:
         return float(run_train(cfg)["mIoU"])
     except TrainingInterrupted as exc:
         print(f"Stopped: {exc}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(exc.exit_code) from None
     except DeepLabError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {user_message(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

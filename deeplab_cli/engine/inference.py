@@ -54,12 +54,18 @@ def size_sorted_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> li
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_collate(samples: Sequence[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def pad_collate(
+    samples: Sequence[tuple[Tensor, Tensor, int] | None],
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Stack images of different sizes by padding bottom/right: images with 0 (the mean), labels with 255.
 
     Returns ``(images, targets, indices, sizes)``; predictions are cropped back to
-    ``sizes[i]`` so no pixel of an image is ever cropped away or resized.
+    ``sizes[i]`` so no pixel of an image is ever cropped away or resized. Skipped
+    samples (None) are dropped; a batch of only skipped samples gives None.
     """
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
     height = max(s[0].shape[-2] for s in samples)
     width = max(s[0].shape[-1] for s in samples)
     images = samples[0][0].new_zeros(len(samples), samples[0][0].shape[0], height, width)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +27,13 @@ def freeze_batchnorm(model: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    finite: bool
+    grad_norm: float | None = None
+
+
 def train_step(
     model: nn.Module,
     micro_batches: Iterable[tuple[Tensor, Tensor]],
@@ -33,30 +42,51 @@ def train_step(
     label_policy: str,
     device: torch.device,
     freeze_bn: bool = False,
-) -> float:
-    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches; returns the mean loss."""
+    grad_clip: float | None = None,
+) -> StepResult:
+    """One optimizer step over the accumulated micro-batches; returns the mean loss.
+
+    A non-finite loss (or gradient norm, when clipping) leaves the model untouched: the
+    step is not taken and the BatchNorm running statistics the forward pass updated are
+    restored; only the LR schedule advances with the iteration count.
+    """
     model.train()
     if freeze_bn:
         freeze_batchnorm(model)
+    saved = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
     optimizer.zero_grad(set_to_none=True)
     batches = list(micro_batches)
-    total = 0.0
+    total = torch.zeros((), device=device)
     for images, labels in batches:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         loss = total_loss(model(images), labels, label_policy) / len(batches)
         loss.backward()
         total += loss.detach()
-    optimizer.step()
+    value = float(total)
+    grad_norm = None
+    if grad_clip is not None and math.isfinite(value):
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    finite = math.isfinite(value) and (grad_norm is None or math.isfinite(grad_norm))
+    if finite and batches:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, before in saved:
+                buffer.copy_(before)
     scheduler.step()
-    return float(total)
+    return StepResult(value, finite, grad_norm)
 
 
 def group_micro_batches(loader: Iterable, accumulate: int) -> Iterator[list[tuple[Tensor, Tensor]]]:
     """Chunk a loader of ``(images, labels, index)`` into lists of ``accumulate`` micro-batches."""
     chunk: list[tuple[Tensor, Tensor]] = []
-    for images, labels, _ in loader:
-        chunk.append((images, labels))
-        if len(chunk) == accumulate:
+    for count, batch in enumerate(loader, 1):
+        if batch is not None:  # None: every sample of the micro-batch was skipped
+            images, labels, _ = batch
+            chunk.append((images, labels))
+        if count % accumulate == 0:
             yield chunk
             chunk = []

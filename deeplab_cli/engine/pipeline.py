@@ -51,6 +51,7 @@ class EvalResult:
     crf: ConfusionMatrix | None = None
     trimap_network: TrimapMeter | None = None
     trimap_crf: TrimapMeter | None = None
+    images: int = 0
     network_images: int = 0
     cached_images: int = 0
     seconds: float = 0.0
@@ -72,7 +73,10 @@ def _network_outputs(
         num_workers=s.num_workers,
         generator=torch.Generator().manual_seed(0),  # never draw from the global RNG (training's dropout)
     )
-    for images, targets, idx, hw in loader:
+    for batch in loader:
+        if batch is None:  # every sample of the batch was skipped (dataset.on_error=skip)
+            continue
+        images, targets, idx, hw = batch
         probs = predict_probabilities(model, images.to(device, non_blocking=True), s.scales, s.flip)
         preds = probs.argmax(1)
         for j in range(len(idx)):
@@ -145,6 +149,7 @@ def run_evaluation(
     net_bar = tqdm(total=0, desc="network", disable=not s.progress, dynamic_ncols=True, leave=False)
     with net_bar, _crf_stage(s, result, dataset, hook) as crf:
         for index, probs, pred, target in _outputs(model, dataset, device, s, cache, result, net_bar):
+            result.images += 1
             result.network.update(pred, target)
             if result.trimap_network is not None:
                 result.trimap_network.update(pred, target)

@@ -1,0 +1,289 @@
+"""Bad samples, non-finite losses, signals and crashes never cost a run its work."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra_compose import compose_train
+from PIL import Image
+
+from deeplab_cli import train as train_mod
+from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from deeplab_cli.data.voc import DatasetError
+from deeplab_cli.engine.checkpoint import load_checkpoint
+from deeplab_cli.engine.loop import train_step
+from deeplab_cli.engine.optim import poly_scheduler
+from deeplab_cli.errors import ConfigError, user_message
+
+BIN = Path(sys.executable).parent
+TINY = [
+    "trainer.batch_size=2",
+    "trainer.progress=false",
+    "trainer.val_interval=1000",
+    "trainer.device=cpu",
+    "backbone.width_mult=0.125",
+    "head.channels=16",
+    "dataset=voc",
+    "dataset.crop_size=48",
+    "dataset.num_workers=0",
+]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_tree(root: Path, num_train: int = 6, num_val: int = 2) -> Path:
+    """A small VOC-layout tree (synthetic images) that tests may damage."""
+    ensure_synthetic_voc(root, SyntheticSpec(num_train=num_train, num_val=num_val))
+    return root / "VOC2012"
+
+
+def corrupt(voc: Path, with_mask: bool = True) -> tuple[Path, Path]:
+    """Truncate the 2nd training JPEG and write label 42 into the 4th training mask."""
+    ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    jpeg = voc / "JPEGImages" / f"{ids[1]}.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    mask_path = voc / "SegmentationClass" / f"{ids[3]}.png"
+    if not with_mask:
+        return jpeg, mask_path
+    with Image.open(mask_path) as img:
+        palette = img.getpalette()
+        mask = np.array(img)
+    mask[5:9, 5:9] = 42
+    out = Image.fromarray(mask, mode="P")
+    out.putpalette(palette)
+    out.save(mask_path)
+    return jpeg, mask_path
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([str(BIN / "deeplab-train"), *args], capture_output=True, text=True, env=env, **kwargs)
+
+
+# --- bad samples --------------------------------------------------------------------------------
+
+
+def test_bad_samples_stop_training_naming_the_file(tmp_path: Path) -> None:
+    voc = make_tree(tmp_path / "data")
+    jpeg, _ = corrupt(voc, with_mask=False)
+    run = tmp_path / "run"
+    proc = cli(
+        f"hydra.run.dir={run}",
+        f"dataset.root={voc.parent}",
+        *TINY,
+        "dataset.num_workers=2",  # the error comes from a DataLoader worker process
+        "trainer.max_iters=8",
+        "trainer.checkpoint_interval=1",
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("Error: image ") and str(jpeg) in err and "truncated" in err
+    assert "Traceback" not in proc.stderr and "dataset.on_error=skip" in err and "resume=true" in err
+    assert "DataLoader worker process" in err
+    # the batches before the bad one were trained and checkpointed; last.pt is intact
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert f"(iteration {state['iteration']}) is intact" in err
+
+
+def test_bad_samples_are_skipped_counted_and_listed(tmp_path: Path) -> None:
+    voc = make_tree(tmp_path / "data")
+    jpeg, mask = corrupt(voc)
+    common = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=6"]
+    with pytest.raises(DatasetError) as info:  # without skip: the first bad file met stops the run
+        train_mod.run_train(compose_train(common, tmp_path / "raise"))
+    assert str(jpeg) in str(info.value) or (str(mask) in str(info.value) and "[42]" in str(info.value))
+    metrics = train_mod.run_train(compose_train([*common, "dataset.on_error=skip"], tmp_path / "skip"))
+    skipped = metrics["skipped_samples"]
+    assert skipped["count"] == 2
+    assert any(str(jpeg) in e and "cannot be read" in e for e in skipped["errors"])
+    assert any(str(mask) in e and "[42]" in e for e in skipped["errors"])
+    log = tmp_path / "skip" / "skipped_samples.jsonl"
+    assert log.is_file() and json.loads((tmp_path / "skip" / "metrics.json").read_text())["skipped_samples"]
+    assert load_checkpoint(tmp_path / "skip" / "checkpoints" / "last.pt")["iteration"] == 6
+
+
+def test_worker_error_message_is_unwrapped() -> None:
+    wrapped = DatasetError(
+        "Caught DatasetError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in f\n    raise X\ndeeplab_cli.data.voc.DatasetError: image /d/a.jpg cannot be read\n'
+    )
+    assert user_message(wrapped) == "image /d/a.jpg cannot be read (in DataLoader worker process 1)"
+    assert user_message(DatasetError("plain")) == "plain"
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("dataset.crop_size=4", ["dataset.crop_size=4", "model.output_stride=8"]),
+        ("trainer.on_nonfinite=ignore", ["trainer.on_nonfinite='ignore'", "stop, skip"]),
+        ("dataset.on_error=ignore", ["dataset.on_error='ignore'", "raise, skip"]),
+        ("trainer.grad_clip=0", ["trainer.grad_clip=0"]),
+        ("trainer.checkpoint_interval=0", ["trainer.checkpoint_interval=0"]),
+        ("model.output_stride=12", ["model.output_stride=12", "8, 16, 32"]),
+    ],
+)
+def test_bad_configs_fail_before_weights_or_data(tmp_path: Path, override: str, needles: list[str]) -> None:
+    # model.init_from names a file that does not exist: the config error must come first
+    overrides = [f"dataset.root={tmp_path / 'nothing'}", *TINY, override, "model.init_from=/no/such.pt"]
+    with pytest.raises(ConfigError) as info:
+        train_mod.run_train(compose_train(overrides, tmp_path / "run"))
+    for needle in needles:
+        assert needle in str(info.value)
+    assert not (tmp_path / "nothing").exists()
+
+
+# --- numerics -----------------------------------------------------------------------------------
+
+
+def _nan_on_call(n: int, monkeypatch) -> None:
+    real, calls = train_mod.train_step, {"n": 0}
+
+    def step(model, batch, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            batch = [(torch.full_like(images, math.nan), labels) for images, labels in batch]
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+
+
+def test_nan_loss_stops_with_iteration_and_last_finite_loss(tmp_path: Path, monkeypatch) -> None:
+    voc = make_tree(tmp_path / "data")
+    _nan_on_call(3, monkeypatch)
+    overrides = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=6", "trainer.checkpoint_interval=1"]
+    cfg = compose_train(overrides, tmp_path / "run")
+    with pytest.raises(train_mod.NonFiniteLoss) as info:
+        train_mod.run_train(cfg)
+    message = str(info.value)
+    assert message.startswith("iteration 3: loss nan (the last finite loss was ")
+    assert "at iteration 2)" in message and "trainer.on_nonfinite=skip" in message
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 2 and "(iteration 2) is intact" in message
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_loss_skipped_when_asked(tmp_path: Path, monkeypatch) -> None:
+    voc = make_tree(tmp_path / "data")
+    _nan_on_call(3, monkeypatch)
+    overrides = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=5", "trainer.on_nonfinite=skip"]
+    cfg = compose_train(overrides, tmp_path / "run")
+    metrics = train_mod.run_train(cfg)
+    assert metrics["nonfinite_steps_skipped"] == 1
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.conv(x)}
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    torch.manual_seed(0)
+    model = ConvNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    batch = [(torch.randn(2, 3, 8, 8) * 100, torch.randint(0, 4, (2, 8, 8)))]
+    scheduler = poly_scheduler(optimizer, 10)
+    step = train_step(model, batch, optimizer, scheduler, "upsample", torch.device("cpu"), grad_clip=0.5)
+    assert step.finite and step.grad_norm > 0.5  # the raw norm, before clipping
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert float(moved) == pytest.approx(0.5, rel=1e-4)  # lr 1: the step is exactly the clipped gradient
+
+
+# --- signals and crashes ------------------------------------------------------------------------
+
+
+def _start(run: Path, voc: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    args = [str(BIN / "deeplab-train"), f"hydra.run.dir={run}", f"dataset.root={voc.parent}", *TINY, *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while not path.is_file():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
+    voc = make_tree(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = _start(run, voc, "trainer.max_iters=150", "trainer.checkpoint_interval=1")
+    _wait_for(run / "checkpoints" / "last.pt", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = load_checkpoint(run / "checkpoints" / "last.pt")["iteration"]
+    assert f"SIGTERM after iteration {stopped};" in err and "resume=true" in err
+    assert 0 < stopped < 150
+    done = cli(f"hydra.run.dir={run}", f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=150", "resume=auto",
+               timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 150
+    assert f"resumed from {run / 'checkpoints' / 'last.pt'} at iteration {stopped}" in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_while_checkpointing_never_corrupts_last_pt(tmp_path: Path) -> None:
+    voc = make_tree(tmp_path / "data")
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.pt"
+    common = ["trainer.max_iters=60", "trainer.checkpoint_interval=1"]
+    rng = random.Random(0)
+    iterations = []
+    for attempt in range(3):
+        proc = _start(run, voc, *common, *(["resume=true"] if attempt else []))
+        if attempt == 0:
+            _wait_for(last, proc)
+        time.sleep(1.5 + rng.random())  # a checkpoint is written every iteration: likely mid-write
+        proc.kill()
+        proc.communicate(timeout=60)
+        state = load_checkpoint(last)  # never truncated: the rename is atomic
+        iterations.append(state["iteration"])
+    assert iterations == sorted(iterations) and iterations[-1] < 60
+    done = cli(f"hydra.run.dir={run}", f"dataset.root={voc.parent}", *TINY, *common, "resume=true", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(last)["iteration"] == 60
+    assert not list(last.parent.glob(".*.tmp")), "stale temporary files are removed on resume"
+
+
+def test_training_checks_the_lists_before_it_starts(tmp_path: Path) -> None:
+    voc = make_tree(tmp_path / "data")
+    train_list = voc / "ImageSets" / "Segmentation" / "train.txt"
+    ids = train_list.read_text().split()
+    train_list.write_text("\n".join([*ids, ids[0], "no_such_image"]) + "\n")
+    overrides = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=2"]
+    with pytest.raises(DatasetError) as info:
+        train_mod.run_train(compose_train(overrides, tmp_path / "run"))
+    message = str(info.value)
+    assert "duplicate_id" in message and "missing_image" in message and "no_such_image.jpg" in message
+    assert "deeplab-check-data dataset=voc" in message
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    # with on_error=skip the run goes on; the missing sample is skipped and listed
+    metrics = train_mod.run_train(compose_train([*overrides, "dataset.on_error=skip"], tmp_path / "skip"))
+    assert metrics["skipped_samples"]["count"] == 1 and "no_such_image.jpg" in metrics["skipped_samples"]["errors"][0]
