@@ -287,3 +287,59 @@ def test_training_checks_the_lists_before_it_starts(tmp_path: Path) -> None:
     # with on_error=skip the run goes on; the missing sample is skipped and listed
     metrics = train_mod.run_train(compose_train([*overrides, "dataset.on_error=skip"], tmp_path / "skip"))
     assert metrics["skipped_samples"]["count"] == 1 and "no_such_image.jpg" in metrics["skipped_samples"]["errors"][0]
+
+
+def test_unwritable_run_dir_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = cli(f"hydra.run.dir={blocker / 'run'}", "trainer.max_iters=1", timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"Error: cannot write to the run directory (hydra.run.dir) {blocker / 'run'}: Not a directory [ENOTDIR]; "
+        f"{blocker} is a file, not a folder. Choose a writable hydra.run.dir=... (a folder you can create files in, "
+        "with free space)."
+    )
+
+
+def _tiny_checkpoint(tmp_path: Path, voc: Path) -> Path:
+    overrides = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=1"]
+    train_mod.run_train(compose_train(overrides, tmp_path / "trained"))
+    return tmp_path / "trained" / "checkpoints" / "last.pt"
+
+
+def test_eval_bad_sample_raises_or_is_skipped(tmp_path: Path) -> None:
+    from deeplab_cli import evaluate as eval_mod
+
+    voc = make_tree(tmp_path / "data", num_train=2, num_val=3)
+    checkpoint = _tiny_checkpoint(tmp_path, voc)
+    val_id = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[1]
+    mask_path = voc / "SegmentationClass" / f"{val_id}.png"
+    with Image.open(mask_path) as img:
+        mask, palette = np.array(img), img.getpalette()
+    mask[0, 0] = 42
+    bad = Image.fromarray(mask, mode="P")
+    bad.putpalette(palette)
+    bad.save(mask_path)
+    common = [f"checkpoint={checkpoint}", "eval.num_workers=0", "eval.progress=false", "eval.plots=false"]
+    with pytest.raises(DatasetError, match=f"mask {mask_path} holds label value"):
+        eval_mod.run_eval(compose_train(common, tmp_path / "e1", config_name="eval"))
+    metrics = eval_mod.run_eval(compose_train([*common, "dataset.on_error=skip"], tmp_path / "e2", config_name="eval"))
+    assert metrics["num_images"] == 2 and metrics["skipped_samples"]["count"] == 1
+    assert str(mask_path) in metrics["skipped_samples"]["errors"][0]
+
+
+def test_checkpoint_that_disagrees_with_the_config_is_refused(tmp_path: Path) -> None:
+    from deeplab_cli import evaluate as eval_mod
+    from deeplab_cli.engine.checkpoint import CheckpointError
+
+    voc = make_tree(tmp_path / "data", num_train=2, num_val=2)
+    checkpoint = _tiny_checkpoint(tmp_path, voc)
+    cfg = compose_train([f"checkpoint={checkpoint}", "head.channels=32"], config_name="eval")
+    with pytest.raises(CheckpointError) as info:
+        eval_mod.load_for_eval(cfg, [f"checkpoint={checkpoint}", "head.channels=32"])
+    assert str(checkpoint) in str(info.value) and "shape differs" in str(info.value)
+    assert "nothing was loaded" in str(info.value)
+    # resuming with a different architecture is refused the same way
+    overrides = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=2", "head.channels=32", "resume=true"]
+    with pytest.raises(CheckpointError, match="shape differs"):
+        train_mod.run_train(compose_train(overrides, tmp_path / "trained"))

@@ -205,6 +205,7 @@ class VOCSegmentation(Dataset):
         """Record a skipped sample; O_APPEND line writes are atomic, so DataLoader workers can share the file."""
         if self.skip_log is not None:
             line = json.dumps({"split": self.split, "error": str(exc)}) + "\n"
+            self.skip_log.parent.mkdir(parents=True, exist_ok=True)
             with open(self.skip_log, "a", encoding="utf-8") as f:
                 f.write(line)
 
