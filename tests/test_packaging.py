@@ -25,12 +25,16 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    for cfg in ("train.yaml", "eval.yaml", "model/deeplabv1_largefov.yaml", "experiment/quickstart.yaml"):
+    configs = ("train.yaml", "eval.yaml", "predict.yaml", "check_data.yaml", "model/deeplabv1_largefov.yaml",
+               "experiment/quickstart.yaml", "crf/deeplabv2_resnet101.yaml", "sweep/crf_grid.yaml")
+    for cfg in configs:
         assert f"deeplab_cli/configs/{cfg}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "deeplab-train = deeplab_cli.train:main" in text
     assert "deeplab-eval = deeplab_cli.evaluate:main" in text
+    assert "deeplab-predict = deeplab_cli.predict:main" in text
+    assert "deeplab-check-data = deeplab_cli.check_data:main" in text
 
 
 def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:
