@@ -179,3 +179,26 @@ def test_format_table_lists_classes_and_summary():
     assert miou.split() == ["mIoU", "30.95"]
     for key, value in (("pixel_accuracy", "60.00"), ("mean_accuracy", "62.50"), ("fw_iou", "45.71")):
         assert next(line for line in lines if line.startswith(key)).split() == [key, value]
+
+
+def test_sync_free_accumulation_equals_the_cpu_path():
+    torch.manual_seed(0)
+    eager, lazy = ConfusionMatrix(5), ConfusionMatrix(5, sync_free=True)
+    for _ in range(3):
+        target = torch.randint(0, 5, (2, 9, 7))
+        target[:, :2] = 255
+        pred = torch.randint(0, 5, (2, 9, 7))
+        eager.update(pred, target)
+        lazy.update(pred, target)
+    assert torch.equal(eager.matrix, lazy.matrix) and int(lazy.matrix.sum()) == 3 * 2 * 7 * 7
+
+
+def test_sync_free_reports_bad_values_when_read():
+    cm = ConfusionMatrix(4, sync_free=True)
+    cm.update(torch.zeros(2, 2, dtype=torch.long), torch.tensor([[0, 7], [255, 1]]))  # no error yet
+    with pytest.raises(ValueError, match=r"label value 7 is outside 0..3"):
+        _ = cm.matrix
+    cm.reset()
+    cm.update(torch.tensor([[9, 0]]), torch.tensor([[1, 1]]))
+    with pytest.raises(ValueError, match=r"prediction value 9"):
+        _ = cm.matrix

@@ -12,33 +12,66 @@ from ..data.palette import IGNORE_INDEX
 
 
 class ConfusionMatrix:
-    """Accumulates a ``C x C`` matrix (rows: ground truth, columns: prediction).
+    """Accumulates a ``C x C`` matrix (rows: ground truth, columns: prediction); 255 is ignored.
 
-    Accumulation stays on the tensors' device (one ``bincount`` per batch, no host
-    sync), and pixels labelled 255 are ignored.
+    On the CPU (``sync_free=False``) out-of-range values raise at once. On a GPU
+    (``sync_free=True``, the default there) ``update`` never waits for the device:
+    counts go through ``scatter_add_`` and out-of-range values are remembered on the
+    device and raised when the matrix is read, once per evaluation instead of per batch.
     """
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", sync_free: bool | None = None) -> None:
         self.num_classes = num_classes
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        device = torch.device(device)
+        self.sync_free = device.type != "cpu" if sync_free is None else sync_free
+        self._counts = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)
+        self._bad = torch.full((2,), -1, dtype=torch.int64, device=device)  # worst label, worst prediction
+
+    @property
+    def matrix(self) -> Tensor:
+        if self.sync_free:
+            bad_label, bad_pred = (int(v) for v in self._bad.tolist())
+            self._raise_if_bad(bad_label, bad_pred)
+        return self._counts[:-1].view(self.num_classes, self.num_classes)
+
+    def _raise_if_bad(self, bad_label: int, bad_pred: int) -> None:
+        if bad_label >= 0:
+            raise ValueError(f"label value {bad_label} is outside 0..{self.num_classes - 1} and not 255")
+        if bad_pred >= 0:
+            raise ValueError(f"prediction value {bad_pred} is outside 0..{self.num_classes - 1}")
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add a batch of predicted and true class maps of equal shape."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        if self.sync_free:
+            self._update_on_device(pred, target)
+            return
         keep = target != IGNORE_INDEX
         t, p = target[keep].long(), pred[keep].long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
-            bad = int(t.max()) if int(t.max()) >= self.num_classes else int(t.min())
-            raise ValueError(f"label value {bad} is outside 0..{self.num_classes - 1} and not 255")
+            self._raise_if_bad(int(t.max()) if int(t.max()) >= self.num_classes else int(t.min()), -1)
         if p.numel() and (int(p.min()) < 0 or int(p.max()) >= self.num_classes):
-            bad = int(p.max()) if int(p.max()) >= self.num_classes else int(p.min())
-            raise ValueError(f"prediction value {bad} is outside 0..{self.num_classes - 1}")
+            self._raise_if_bad(-1, int(p.max()) if int(p.max()) >= self.num_classes else int(p.min()))
         idx = t * self.num_classes + p
-        self.matrix += torch.bincount(idx, minlength=self.num_classes**2).view(self.num_classes, -1)
+        self._counts[:-1] += torch.bincount(idx, minlength=self.num_classes**2)
+
+    def _update_on_device(self, pred: Tensor, target: Tensor) -> None:
+        """Fixed-size ops only (no boolean indexing, no ``bincount``): nothing waits for the device."""
+        c = self.num_classes
+        t, p = target.reshape(-1).long(), pred.reshape(-1).long()
+        keep = t != IGNORE_INDEX
+        t_ok, p_ok = (t >= 0) & (t < c), (p >= 0) & (p < c)
+        bad_t = torch.where(keep & ~t_ok, t.abs(), -1).max()
+        bad_p = torch.where(keep & ~p_ok, p.abs(), -1).max()
+        worst = torch.stack([bad_t, bad_p])
+        torch.maximum(self._bad, worst, out=self._bad)
+        idx = torch.where(keep & t_ok & p_ok, t * c + p, c * c)
+        self._counts.scatter_add_(0, idx, torch.ones_like(idx))
 
     def reset(self) -> None:
-        self.matrix.zero_()
+        self._counts.zero_()
+        self._bad.fill_(-1)
 
 
 def compute_metrics(matrix: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
