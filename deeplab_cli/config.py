@@ -141,6 +141,7 @@ class OptimConfig:
     bias_lr_mult: float = 2.0
     bias_weight_decay: bool = False
     poly_power: float = 0.9
+    impl: str = "auto"
 
 
 @dataclass
@@ -156,6 +157,10 @@ class TrainerConfig:
     checkpoint_interval: Optional[int] = None
     on_nonfinite: str = "stop"
     grad_clip: Optional[float] = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = True
     device: str = "auto"
     seed: int = 0
     progress: bool = True

@@ -25,6 +25,7 @@ from .data.voc import skipped_samples
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 from .engine.logger import TensorBoardLogger, format_table
 from .engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
+from .engine.precision import to_memory_format
 from .engine.prob_cache import ProbabilityCache, file_digest
 from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint, is_ours
@@ -182,7 +183,12 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     dataset = factory.make_eval_dataset(train_cfg, split, require_masks=export is None, skip_log=run_dir / SKIP_LOG)
     has_targets = export is None or dataset.has_masks()
     trimap = settings.trimap if has_targets else ()  # no ground truth, no boundaries
-    settings = replace(settings, num_classes=train_cfg.model.num_classes, trimap=trimap)
+    t = train_cfg.trainer
+    settings = replace(
+        settings, num_classes=train_cfg.model.num_classes, trimap=trimap, precision=t.precision,
+        channels_last=t.channels_last,
+    )  # fmt: skip
+    model = to_memory_format(model, t.channels_last)
     cache = make_cache(cfg, train_cfg, dataset, settings)
     hook = _output_hook(cfg, run_dir, dataset, "crf" if settings.crf is not None else "network")
     result = run_evaluation(model, dataset, device, settings, cache, hook)

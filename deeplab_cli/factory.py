@@ -19,7 +19,9 @@ from .data.transforms import eval_transforms, train_transforms
 from .data.voc import ON_ERROR, VOCSegmentation, resolve_voc_dir
 from .engine.losses import LABEL_POLICIES
 from .engine.metrics import compute_metrics
+from .engine.optim import impl_kwargs
 from .engine.pipeline import EvalSettings, PredictionHook, run_evaluation
+from .engine.precision import check_precision
 from .errors import ConfigError
 from .models.builder import ModelSpec, build_model
 from .models.segmenter import DeepLab
@@ -50,6 +52,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
+    check_precision(cfg.trainer.precision)
+    impl_kwargs(cfg.optim.impl)
     for key in ("max_iters", "batch_size", "accumulate", "val_interval", "log_interval", "checkpoint_interval"):
         if cfg.trainer[key] is not None and cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]} must be at least 1.")
@@ -211,7 +215,10 @@ def evaluate_split(
     It is ``run_evaluation`` with default settings, the same path ``deeplab-eval``
     takes, so an eval of a checkpoint reproduces its training mIoU exactly.
     """
-    settings = EvalSettings(num_classes=cfg.model.num_classes, num_workers=num_workers)
+    t = cfg.trainer
+    settings = EvalSettings(
+        num_classes=cfg.model.num_classes, num_workers=num_workers, precision=t.precision, channels_last=t.channels_last
+    )
     result = run_evaluation(model, dataset, device, settings, on_prediction=on_prediction)
     return split_metrics(result.network.matrix, cfg, result.images)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .data.images import ImageFiles, resolve_inputs
 from .data.transforms import eval_transforms
 from .engine.logger import colorize
 from .engine.pipeline import PredictionHook, run_evaluation
+from .engine.precision import to_memory_format
 from .errors import ConfigError, DeepLabError, user_message
 from .evaluate import load_for_eval, save_prediction
 
@@ -60,7 +62,9 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"output={str(out_dir)!r} cannot be created ({exc}); choose a writable folder.") from exc
     model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
     device = factory.select_device(train_cfg.trainer.device)
-    model.to(device)
+    t = train_cfg.trainer
+    model = to_memory_format(model.to(device), t.channels_last)
+    settings = replace(settings, precision=t.precision, channels_last=t.channels_last)
     d = train_cfg.dataset
     dataset = ImageFiles(files, eval_transforms(d.mean, d.std, d.bgr))
     final_stage = "crf" if settings.crf is not None else "network"

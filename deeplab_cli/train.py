@@ -32,6 +32,7 @@ from .engine.checkpoint import (
 from .engine.logger import TensorBoardLogger, format_table
 from .engine.loop import StepResult, freeze_batchnorm, group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
+from .engine.precision import grad_scaler, to_memory_format
 from .engine.signals import StopOnSignals
 from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint
@@ -75,9 +76,11 @@ def _resume_from(run_dir: Path, resume: str) -> Path | None:
     return last if resume in ("true", "auto") and last.is_file() else None
 
 
-def _save(path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConfig, best: float) -> None:
+def _save(path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConfig, best: float, scaler=None) -> None:
+    extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
     atomic_save(
         {
+            **extra,
             "format": "deeplab-cli",
             "version": 1,
             "model": model.state_dict(),
@@ -154,11 +157,15 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         model = imported.to(device)
     else:
         model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
+    model = to_memory_format(model, t.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
     if t.freeze_bn:
         freeze_batchnorm(model)  # before building the optimizer: frozen affine terms are not optimised
     o = cfg.optim
     groups = param_groups(model, o.lr, o.weight_decay, o.head_lr_mult, o.bias_lr_mult, o.bias_weight_decay)
-    optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.nesterov)
+    optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.nesterov, o.impl)
+    scaler = grad_scaler(device, t.precision)
     scheduler = poly_scheduler(optimizer, t.max_iters, o.poly_power)
     start, best = 0, -1.0
     if resume_path is not None:
@@ -167,11 +174,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         start, best = int(state["iteration"]), float(state["best_miou"])
         log.info("resumed from %s at iteration %d", resume_path, start)
     tb = TensorBoardLogger(run_dir / "tensorboard")
     try:
-        metrics = _loop(model, optimizer, scheduler, cfg, start, best, tb, run_dir, device)
+        metrics = _loop(model, (optimizer, scheduler, scaler), cfg, start, best, tb, run_dir, device)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
             metrics = validate_model(model, cfg, device, tb, t.max_iters, run_dir, final=True)
     finally:
@@ -187,15 +196,21 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _loop(model, optimizer, scheduler, cfg, start: int, best: float, tb, run_dir: Path, device) -> dict[str, Any]:
-    """Iterations ``start+1 .. max_iters`` with logging, validation and checkpoints."""
+def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, device) -> dict[str, Any]:
+    """Iterations ``start+1 .. max_iters`` with logging, validation and checkpoints.
+
+    ``model`` is the eager module (validated and saved); with ``trainer.compile`` the
+    training steps run its ``torch.compile`` version, which shares its parameters.
+    """
+    optimizer, scheduler, scaler = optim_state
     t = cfg.trainer
+    trained = torch.compile(model) if t.compile else model
     last = run_dir / "checkpoints" / "last.pt"
     progress = _Progress(best=best, saved=start)
     metrics: dict[str, Any] = {}
 
     def save(name: str, it: int) -> None:
-        _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best)
+        _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best, scaler)
         if name == "last.pt":
             progress.saved = it
 
@@ -205,7 +220,10 @@ def _loop(model, optimizer, scheduler, cfg, start: int, best: float, tb, run_dir
     with StopOnSignals() as stop, bar:
         for it in range(start + 1, t.max_iters + 1):
             batch = _next_batch(steps, it, last, progress)
-            step = train_step(model, batch, optimizer, scheduler, t.label_policy, device, t.freeze_bn, t.grad_clip)
+            step = train_step(
+                trained, batch, optimizer, scheduler, t.label_policy, device, t.freeze_bn, t.grad_clip,
+                t.precision, scaler, t.channels_last,
+            )  # fmt: skip
             bar.update(1)
             _check_finite(step, it, t.on_nonfinite, last, progress, tb)
             if it % t.log_interval == 0 or it == t.max_iters:

@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .losses import total_loss
+from .precision import autocast, memory_format
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -43,12 +44,16 @@ def train_step(
     device: torch.device,
     freeze_bn: bool = False,
     grad_clip: float | None = None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
 ) -> StepResult:
     """One optimizer step over the accumulated micro-batches; returns the mean loss.
 
     A non-finite loss (or gradient norm, when clipping) leaves the model untouched: the
     step is not taken and the BatchNorm running statistics the forward pass updated are
-    restored; only the LR schedule advances with the iteration count.
+    restored; only the LR schedule advances with the iteration count. With fp16 the
+    ``scaler`` skips steps whose scaled gradients overflow, as loss scaling expects.
     """
     model.train()
     if freeze_bn:
@@ -57,20 +62,25 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     batches = list(micro_batches)
     total = torch.zeros((), device=device)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    fmt = memory_format(channels_last)
     for images, labels in batches:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=fmt)
         labels = labels.to(device, non_blocking=True)
-        loss = total_loss(model(images), labels, label_policy) / len(batches)
-        loss.backward()
-        total += loss.detach()
+        with autocast(device, precision):
+            loss = total_loss(model(images), labels, label_policy) / len(batches)
+        scaler.scale(loss).backward()
+        total += loss.detach().float()
     value = float(total)
     grad_norm = None
     if grad_clip is not None and math.isfinite(value):
+        scaler.unscale_(optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-    finite = math.isfinite(value) and (grad_norm is None or math.isfinite(grad_norm))
+    finite = math.isfinite(value) and (grad_norm is None or scaler.is_enabled() or math.isfinite(grad_norm))
     if finite and batches:
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
     else:
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

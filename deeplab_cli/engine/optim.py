@@ -39,14 +39,25 @@ def param_groups(
     return groups
 
 
+IMPLEMENTATIONS = ("auto", "for_loop", "foreach", "fused")
+
+
+def impl_kwargs(impl: str) -> dict[str, bool]:
+    """torch's three update kernels: a Python loop, one multi-tensor kernel per op, one fused kernel."""
+    if impl not in IMPLEMENTATIONS:
+        raise ConfigError(f"optim.impl={impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}.")
+    return {"auto": {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
+
+
 def build_optimizer(
-    name: str, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = False
+    name: str, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = False, impl: str = "auto"
 ) -> Optimizer:
     """SGD with momentum (the papers' recipe) or AdamW (fast from-scratch training)."""
+    kwargs = impl_kwargs(impl)
     if name == "sgd":
-        return SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        return SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **kwargs)
     if name == "adamw":
-        return AdamW(groups, lr=lr)
+        return AdamW(groups, lr=lr, **kwargs)
     raise ConfigError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
 
 

@@ -23,6 +23,7 @@ from ..data.palette import IGNORE_INDEX
 from ..postprocess.crf import CRFParams, CRFPool
 from .inference import pad_collate, predict_probabilities, size_sorted_batches
 from .metrics import ConfusionMatrix
+from .precision import autocast, memory_format
 from .prob_cache import ProbabilityCache
 from .trimap import TrimapMeter
 
@@ -43,6 +44,8 @@ class EvalSettings:
     crf_workers: int = 1
     trimap: tuple[int, ...] = ()
     progress: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 @dataclass
@@ -77,7 +80,9 @@ def _network_outputs(
         if batch is None:  # every sample of the batch was skipped (dataset.on_error=skip)
             continue
         images, targets, idx, hw = batch
-        probs = predict_probabilities(model, images.to(device, non_blocking=True), s.scales, s.flip)
+        images = images.to(device, non_blocking=True, memory_format=memory_format(s.channels_last))
+        with autocast(device, s.precision):
+            probs = predict_probabilities(model, images, s.scales, s.flip)
         preds = probs.argmax(1)
         for j in range(len(idx)):
             h, w = int(hw[j, 0]), int(hw[j, 1])
