@@ -1,0 +1,104 @@
+"""The throughput benchmark (deeplab_cli.benchmark) on tiny settings: record, ratios, errors, data path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra_compose import compose_train
+from torchvision.models.segmentation import deeplabv3_resnet50
+
+from deeplab_cli import factory
+from deeplab_cli.benchmark import OPTIONS, main, parse_args
+
+TINY = ["crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=64x48", "threads=1"]
+REQUIRED = (
+    "ours_train_images_per_s", "reference_train_images_per_s", "train_ratio", "ours_train_with_data_images_per_s",
+    "ours_infer_images_per_s", "reference_infer_images_per_s", "infer_ratio", "ours_peak_memory_mb",
+    "reference_peak_memory_mb", "memory_kind", "ours_params", "reference_params", "ours_output_stride",
+    "reference_output_stride", "settings",
+)  # fmt: skip
+#: sum(p.numel()) of ours (deeplab-train model=deeplabv3_resnet50) and of torchvision's
+#: deeplabv3_resnet50(aux_loss=False, num_classes=21): the same layers, so the same count.
+R50_PARAMS = 39_638_869
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / "F.json"
+    code = main([*TINY, *args, f"out={out}"])
+    return code, json.loads(out.read_text()) if code == 0 else {}
+
+
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One run of ours vs torchvision at ResNet-50, without the data pipeline."""
+    tmp = tmp_path_factory.mktemp("bench")
+    code, record = _run(tmp, "model=deeplabv3_resnet50", "data=false")
+    assert code == 0
+    return tmp, record
+
+
+def test_record_has_every_key_and_ratios_are_quotients(r50: tuple[Path, dict[str, Any]]) -> None:
+    tmp, r = r50
+    assert not [key for key in REQUIRED if key not in r]
+    assert r["train_ratio"] == pytest.approx(r["ours_train_images_per_s"] / r["reference_train_images_per_s"])
+    assert r["infer_ratio"] == pytest.approx(r["ours_infer_images_per_s"] / r["reference_infer_images_per_s"])
+    assert min(r["ours_train_images_per_s"], r["reference_train_images_per_s"], r["ours_infer_images_per_s"]) > 0
+    assert r["ours_train_with_data_images_per_s"] is None  # data=false
+    assert (r["ours_output_stride"], r["reference_output_stride"]) == (16, 8)
+    assert r["settings"]["reference_resolved"] == "deeplabv3_resnet50"  # reference=auto follows the backbone
+    assert r["settings"]["infer_size"] == [64, 48] and r["settings"]["torch"] == torch.__version__
+    assert r["memory_kind"] in ("cpu_process_peak_rss", "cuda_max_memory_allocated", "unavailable")
+    table = (tmp / "F.md").read_text()
+    assert "| ours: deeplabv3_resnet50 | 16 | 39,638,869 |" in table and "ratio (ours / reference)" in table
+
+
+def test_params_are_the_models_counts(r50: tuple[Path, dict[str, Any]]) -> None:
+    cfg = compose_train(["~experiment", "model=deeplabv3_resnet50", "model.pretrained=false"])
+    ours = sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters())
+    ref_model = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=21)
+    reference = sum(p.numel() for p in ref_model.parameters())
+    assert (r50[1]["ours_params"], r50[1]["reference_params"]) == (ours, reference) == (R50_PARAMS, R50_PARAMS)
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = parse_args([])
+    assert (s.model, s.crop, s.batch, s.precision, s.device) == ("deeplabv3_resnet101", 513, 16, "fp32", "auto")
+    assert (s.warmup, s.iters, s.infer_iters, s.infer_size) == (3, 10, 5, (500, 375))
+    assert (s.output_stride, s.reference_name, s.data, s.workers) == (None, "deeplabv3_resnet101", True, 2)
+    assert s.out is None and s.threads is None
+    assert not s.channels_last and not s.compile
+
+
+@pytest.mark.parametrize(
+    ("arg", "named"),
+    [
+        ("foo=1", ["'foo'", *OPTIONS]),
+        ("precision=fp64", ["precision='fp64'", "fp32|bf16|fp16"]),
+        ("batch=1", ["batch='1'", ">= 2"]),
+        ("output_stride=4", ["output_stride='4'", "null|8|16|32"]),
+        ("model=nope", ["model='nope'", "deeplabv3_resnet101"]),
+        ("crop", ["'crop'", "key=value"]),
+    ],
+)
+def test_bad_argument_exits_2_naming_the_key(arg: str, named: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([arg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(word in err for word in named)
+
+
+def test_fp16_on_cpu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["device=cpu", "precision=fp16"]) == 2
+    assert "precision=fp16" in capsys.readouterr().err
+
+
+def test_data_pipeline_on_a_tiny_synthetic_set(tmp_path: Path) -> None:
+    """``data=true``: ours also trains through the real loader; ``reference=none`` leaves no ratios."""
+    code, r = _run(tmp_path, "model=deeplabv3plus_mobilenet_v2", "output_stride=8", "reference=none", "workers=1")
+    assert code == 0
+    assert r["ours_train_with_data_images_per_s"] > 0 and r["data_generation_s"] is not None
+    assert r["ours_output_stride"] == 8
+    assert r["reference_train_images_per_s"] is None and r["train_ratio"] is None and r["infer_ratio"] is None
