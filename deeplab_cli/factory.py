@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +233,7 @@ def crf_params(crf: DictConfig) -> CRFParams | None:
     if crf.name == "none":
         return None
     require_pydensecrf()
-    return CRFParams(
-        iterations=crf.iterations,
-        bi_w=crf.bi_w,
-        bi_xy_std=crf.bi_xy_std,
-        bi_rgb_std=crf.bi_rgb_std,
-        pos_w=crf.pos_w,
-        pos_xy_std=crf.pos_xy_std,
-    )
+    return CRFParams(**{f.name: crf[f.name] for f in fields(CRFParams)})
 
 
 def eval_settings(options: DictConfig, crf: DictConfig, num_classes: int, has_targets: bool = True) -> EvalSettings:

@@ -450,3 +450,25 @@ def test_optuna_sweep_gets_the_crf_miou_back(tmp_path: Path, checkpoint: Path) -
     assert f"best_value: {max(j['mIoU'] for j in jobs)}" in best
     assert [j["probabilities"]["network_images"] for j in jobs] == [2, 0]
     assert len(json.loads((sweep / "summary.json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("overlay_alpha=1.5", "overlay_alpha=1.5 must lie in [0, 1]"), ("output=OUTPUT_UNDER_FILE", "cannot be created")],
+)
+def test_predict_bad_options_are_explained(tmp_path: Path, checkpoint: Path, override: str, needle: str) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    image = tmp_path / "img.png"
+    Image.new("RGB", (20, 16)).save(image)
+    override = override.replace("OUTPUT_UNDER_FILE", str(blocker / "out"))
+    cfg = compose_train(
+        [f"checkpoint={checkpoint}", f"input={image}", override, "eval.num_workers=0"],
+        run_dir=tmp_path / "run",
+        config_name="predict",
+    )
+    with pytest.raises(ConfigError) as info:
+        predict_mod.run_predict(cfg)
+    assert needle in str(info.value)
+    if "output" in override:
+        assert str(blocker / "out") in str(info.value) and "writable folder" in str(info.value)
