@@ -161,6 +161,7 @@ class TrainerConfig:
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = True
+    sync_bn: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True

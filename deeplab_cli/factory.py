@@ -18,6 +18,7 @@ from .data.sampler import IterationBatchSampler
 from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from .data.transforms import eval_transforms, train_transforms
 from .data.voc import ON_ERROR, VOCSegmentation, resolve_voc_dir
+from .engine import distributed
 from .engine.losses import LABEL_POLICIES
 from .engine.metrics import compute_metrics
 from .engine.optim import impl_kwargs
@@ -147,8 +148,30 @@ def check_dataset_lists(cfg: DictConfig) -> list[Problem]:
     return found
 
 
-def make_train_loader(cfg: DictConfig, start_iter: int, skip_log: Path | None = None) -> DataLoader:
+def validate_distributed(cfg: DictConfig, world_size: int, device: torch.device) -> None:
+    """``trainer.batch_size`` is the global batch: it must split evenly between the ``torchrun`` processes."""
+    if world_size == 1:
+        return
+    if cfg.trainer.batch_size % world_size:
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} is the global batch and does not split evenly between "
+            f"{world_size} processes; use a multiple of {world_size} (e.g. trainer.batch_size="
+            f"{world_size * max(1, cfg.trainer.batch_size // world_size)})."
+        )
+    if cfg.trainer.sync_bn and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.sync_bn=true needs one GPU per process (SyncBatchNorm has no CPU implementation), but this "
+            f"job runs on {device.type}; drop trainer.sync_bn or run on GPUs."
+        )
+
+
+def make_train_loader(
+    cfg: DictConfig, start_iter: int, skip_log: Path | None = None, rank: int = 0, world_size: int = 1
+) -> DataLoader:
     """Iteration-based loader: yields ``max_iters * accumulate`` micro-batches from ``start_iter``.
+
+    With ``world_size`` processes each takes ``batch_size / world_size`` samples of
+    every global batch (the same samples and augmentation seeds a single process uses).
 
     Under ``dataset.on_error=skip`` a bad sample is dropped from its batch (and logged
     to ``skip_log``); a batch of only bad samples comes out as None.
@@ -165,7 +188,13 @@ def make_train_loader(cfg: DictConfig, start_iter: int, skip_log: Path | None = 
         skip_log=skip_log,
     )
     sampler = IterationBatchSampler(
-        len(dataset), t.batch_size, t.max_iters * t.accumulate, start=start_iter * t.accumulate, seed=t.seed
+        len(dataset),
+        t.batch_size // world_size,
+        t.max_iters * t.accumulate,
+        start=start_iter * t.accumulate,
+        seed=t.seed,
+        rank=rank,
+        world_size=world_size,
     )
     return DataLoader(
         dataset,
@@ -214,14 +243,23 @@ def evaluate_split(
     """Metrics of ``model`` on ``dataset`` (one scale, no CRF): the validation of training runs.
 
     It is ``run_evaluation`` with default settings, the same path ``deeplab-eval``
-    takes, so an eval of a checkpoint reproduces its training mIoU exactly.
+    takes, so an eval of a checkpoint reproduces its training mIoU exactly. Under
+    ``torchrun`` each rank scores every N-th image and the counts are summed, so
+    every image counts once and every rank gets the same metrics.
     """
     t = cfg.trainer
+    info = distributed.current()
     settings = EvalSettings(
-        num_classes=cfg.model.num_classes, num_workers=num_workers, precision=t.precision, channels_last=t.channels_last
+        num_classes=cfg.model.num_classes,
+        num_workers=num_workers,
+        precision=t.precision,
+        channels_last=t.channels_last,
+        shard=(info.rank, info.world_size),
     )
     result = run_evaluation(model, dataset, device, settings, on_prediction=on_prediction)
-    return split_metrics(result.network.matrix, cfg, result.images)
+    result.network.all_reduce()
+    images = int(distributed.all_reduce_sum_(torch.tensor([result.images])).item())
+    return split_metrics(result.network.matrix, cfg, images)
 
 
 EXPORTS = ("voc_test",)

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from . import factory
 from ._paths import config_dir
 from .config import register_configs
 from .data.voc import DatasetError, skipped_samples
+from .engine import distributed, slurm
 from .engine.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -33,7 +35,7 @@ from .engine.logger import TensorBoardLogger, format_table
 from .engine.loop import StepResult, freeze_batchnorm, group_micro_batches, train_step
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .engine.precision import grad_scaler, to_memory_format
-from .engine.signals import StopOnSignals
+from .engine.signals import REQUEUE_SIGNALS, StopOnSignals
 from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint
 from .report import save_pictures
@@ -46,11 +48,16 @@ SKIP_LOG = "skipped_samples.jsonl"
 
 
 class TrainingInterrupted(DeepLabError):
-    """SIGINT/SIGTERM arrived; ``last.pt`` holds the last finished iteration."""
+    """A stop signal arrived; ``last.pt`` holds the last finished iteration.
 
-    def __init__(self, message: str, exit_code: int = 130) -> None:
+    ``handoff`` is the signal handler ours replaced (submitit's requeue), to be called
+    once the run has been wound down.
+    """
+
+    def __init__(self, message: str, exit_code: int = 130, handoff: Callable[[], None] | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.handoff = handoff
 
 
 class NonFiniteLoss(DeepLabError):
@@ -104,17 +111,21 @@ def validate_model(
     and, for the final one, to ``plots_dir`` as PNGs.
     """
     dataset = factory.make_eval_dataset(cfg, skip_log=run_dir / SKIP_LOG)
-    plots_dir = run_dir / "plots" if final else None
-    n_vis = cfg.trainer.num_vis_images
+    main_rank = distributed.current().is_main
+    plots_dir = run_dir / "plots" if final and main_rank else None
+    n_vis = cfg.trainer.num_vis_images if main_rank else 0
+    shown: list[int] = []  # under torchrun rank 0 scores every N-th image: show the first n_vis it gets
 
     def show(index: int, pred, target, stage: str) -> None:
-        if index < n_vis:
-            tb.panel(f"val/panel_{index}", dataset.load_rgb(index), target, pred, step)
+        if len(shown) < n_vis:
+            shown.append(index)
+            tb.panel(f"val/panel_{len(shown) - 1}", dataset.load_rgb(index), target, pred, step)
 
     metrics = factory.evaluate_split(model, cfg, dataset, device, cfg.dataset.num_workers, show)
     tb.metrics(metrics, step)
-    matrix = torch.tensor(metrics["confusion_matrix"])
-    save_pictures(plots_dir, tb, step, matrix, factory.class_names(cfg), metrics)
+    if main_rank:
+        matrix = torch.tensor(metrics["confusion_matrix"])
+        save_pictures(plots_dir, tb, step, matrix, factory.class_names(cfg), metrics)
     return metrics
 
 
@@ -141,22 +152,35 @@ def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """Train ``cfg.trainer.max_iters`` iterations; returns the final validation metrics."""
+    """Train ``cfg.trainer.max_iters`` iterations; returns the final validation metrics.
+
+    Under ``torchrun`` every rank runs this; rank 0 alone writes checkpoints, TensorBoard
+    and ``metrics.json`` (see ``engine/distributed.py``).
+    """
+    info = distributed.current()
+    if not info.is_main:  # rank 0 reports; the others only warn
+        logging.getLogger("deeplab_cli").setLevel(logging.WARNING)
     factory.validate(cfg)  # before any weights or data are read
     imported = init_from_checkpoint(cfg) if cfg.model.init_from else None
     factory.validate(cfg)  # again: the imported file may have changed the architecture
+    device = distributed.device_for(factory.select_device(cfg.trainer.device), info)
+    factory.validate_distributed(cfg, info.world_size, device)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_writable(run_dir / "checkpoints", "the checkpoint folder of the run directory (hydra.run.dir)")
-    for problem in factory.check_dataset_lists(cfg):  # raises unless dataset.on_error=skip
-        log.warning("dataset check: %s: %s: %s (will be skipped)", problem.kind, problem.path, problem.reason)
-    device = factory.select_device(cfg.trainer.device)
+    _check_data(cfg, info)
     t = cfg.trainer
-    resume_path = _resume_from(run_dir, str(cfg.resume).lower())
+    resume = str(cfg.resume).lower()
+    if resume == "false" and slurm.restart_count() > 0:
+        log.warning("SLURM requeued this job (SLURM_RESTART_COUNT=%d): resume=auto", slurm.restart_count())
+        resume = "auto"
+    resume_path = distributed.broadcast(_resume_from(run_dir, resume) if info.is_main else None)
     torch.manual_seed(t.seed)
     if imported is not None and resume_path is None:
         model = imported.to(device)
     else:
         model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
+    if t.sync_bn:
+        model = distributed.convert_sync_bn(model, info)
     model = to_memory_format(model, t.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = t.cudnn_benchmark
@@ -178,7 +202,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             scaler.load_state_dict(state["scaler"])
         start, best = int(state["iteration"]), float(state["best_miou"])
         log.info("resumed from %s at iteration %d", resume_path, start)
-    tb = TensorBoardLogger(run_dir / "tensorboard")
+    tb = TensorBoardLogger(run_dir / "tensorboard", enabled=info.is_main)
     try:
         metrics = _loop(model, (optimizer, scheduler, scaler), cfg, start, best, tb, run_dir, device)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
@@ -186,6 +210,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         tb.close()
     metrics["iteration"] = t.max_iters
+    if info.enabled:
+        metrics["world_size"] = info.world_size
+    if not info.is_main:
+        return metrics
     skipped = skipped_samples(run_dir / SKIP_LOG)
     if skipped is not None:
         metrics["skipped_samples"] = skipped
@@ -196,33 +224,50 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _check_data(cfg: DictConfig, info: distributed.DistInfo) -> None:
+    """The split lists before training; rank 0 first, as it may generate the synthetic dataset."""
+    if info.is_main:
+        for problem in factory.check_dataset_lists(cfg):  # raises unless dataset.on_error=skip
+            log.warning("dataset check: %s: %s: %s (will be skipped)", problem.kind, problem.path, problem.reason)
+    distributed.barrier()
+    if not info.is_main:
+        factory.check_dataset_lists(cfg)
+
+
 def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, device) -> dict[str, Any]:
     """Iterations ``start+1 .. max_iters`` with logging, validation and checkpoints.
 
-    ``model`` is the eager module (validated and saved); with ``trainer.compile`` the
-    training steps run its ``torch.compile`` version, which shares its parameters.
+    ``model`` is the eager module (validated and saved); the training steps run its
+    ``DistributedDataParallel`` wrapper under torchrun and its ``torch.compile``
+    version with ``trainer.compile``; all of them share its parameters.
     """
     optimizer, scheduler, scaler = optim_state
     t = cfg.trainer
-    trained = torch.compile(model) if t.compile else model
+    info = distributed.current()
+    trained = distributed.wrap(model, device, info, t.sync_bn)
+    trained = torch.compile(trained) if t.compile else trained
     last = run_dir / "checkpoints" / "last.pt"
     progress = _Progress(best=best, saved=start)
     metrics: dict[str, Any] = {}
 
     def save(name: str, it: int) -> None:
-        _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best, scaler)
+        if info.is_main:
+            _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best, scaler)
         if name == "last.pt":
             progress.saved = it
 
-    steps = group_micro_batches(factory.make_train_loader(cfg, start, run_dir / SKIP_LOG), t.accumulate)
+    loader = factory.make_train_loader(cfg, start, run_dir / SKIP_LOG, info.rank, info.world_size)
+    steps = group_micro_batches(loader, t.accumulate)
     every = t.checkpoint_interval or t.val_interval
-    bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
+    reduce_loss = distributed.all_reduce_mean if info.enabled else None
+    show_bar = t.progress and info.is_main
+    bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not show_bar, dynamic_ncols=True)
     with StopOnSignals() as stop, bar:
         for it in range(start + 1, t.max_iters + 1):
             batch = _next_batch(steps, it, last, progress)
             step = train_step(
                 trained, batch, optimizer, scheduler, t.label_policy, device, t.freeze_bn, t.grad_clip,
-                t.precision, scaler, t.channels_last,
+                t.precision, scaler, t.channels_last, reduce_loss,
             )  # fmt: skip
             bar.update(1)
             _check_finite(step, it, t.on_nonfinite, last, progress, tb)
@@ -239,16 +284,30 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
                 save("last.pt", it)
             elif it % every == 0:
                 save("last.pt", it)
-            if stop.requested is not None and it < t.max_iters:
+            if distributed.any_rank(stop.requested is not None) and it < t.max_iters:
                 save("last.pt", it)
-                raise TrainingInterrupted(
-                    f"{stop.requested.name} after iteration {it}; {last} holds it. Continue with "
-                    f"deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides).",
-                    stop.exit_code,
-                )
+                distributed.barrier()  # no rank exits (and makes torchrun stop the others) before last.pt is whole
+                raise _interrupted(stop, it, last, run_dir, info.is_main)
     if progress.nonfinite_steps:
         metrics["nonfinite_steps_skipped"] = progress.nonfinite_steps
     return metrics
+
+
+def _interrupted(stop: StopOnSignals, it: int, last: Path, run_dir: Path, main_rank: bool) -> TrainingInterrupted:
+    """The error that ends an interrupted run; on SLURM, USR1/USR2 also requeue the job.
+
+    Under submitit its own handler requeues (``handoff``); in a plain ``sbatch --requeue``
+    job rank 0 calls ``scontrol requeue`` and the job resumes when it starts again.
+    """
+    name = stop.requested.name if stop.requested is not None else "a signal to another rank"
+    handoff = stop.handoff()
+    how = f"Continue with deeplab-train hydra.run.dir={run_dir} resume=true (and the same overrides)."
+    job = slurm.job_id()
+    if handoff is None and stop.requested in REQUEUE_SIGNALS and job and main_rank and slurm.requeue(job):
+        how = f"SLURM job {job} is requeued and resumes from it."
+    elif handoff is not None:
+        how = "The scheduler's handler (submitit) requeues the job, which resumes from it."
+    return TrainingInterrupted(f"{name} after iteration {it}; {last} holds it. {how}", stop.exit_code or 143, handoff)
 
 
 def _next_batch(steps, it: int, last: Path, progress: _Progress):
@@ -287,16 +346,28 @@ def _check_finite(step: StepResult, it: int, policy: str, last: Path, progress: 
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Returns the final mIoU so sweepers (Optuna) can optimise it."""
-    try:
-        return float(run_train(cfg)["mIoU"])
-    except TrainingInterrupted as exc:
-        print(f"Stopped: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
-    except DeepLabError as exc:
-        print(f"Error: {user_message(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
+    with distributed.session() as info:  # a no-op unless a multi-task submitit job (torchrun: see main)
+        where = f"[rank {info.rank}] " if info.rank else ""
+        try:
+            return float(run_train(cfg)["mIoU"])
+        except TrainingInterrupted as exc:
+            if info.is_main:
+                print(f"Stopped: {exc}", file=sys.stderr)
+            if exc.handoff is not None:
+                exc.handoff()  # submitit: pickles the job, requeues it and exits
+            raise SystemExit(exc.exit_code) from None
+        except DeepLabError as exc:
+            print(f"{where}Error: {user_message(exc)}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def main() -> None:
+    """``deeplab-train``; under ``torchrun`` each process joins the group before Hydra picks the run dir."""
+    with distributed.session() as info:
+        sys.argv += distributed.hydra_overrides(info)
+        hydra_main()
 
 
 if __name__ == "__main__":

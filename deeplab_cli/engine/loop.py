@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,7 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
+    reduce_loss: Callable[[Tensor], Tensor] | None = None,
 ) -> StepResult:
     """One optimizer step over the accumulated micro-batches; returns the mean loss.
 
@@ -54,6 +56,10 @@ def train_step(
     step is not taken and the BatchNorm running statistics the forward pass updated are
     restored; only the LR schedule advances with the iteration count. With fp16 the
     ``scaler`` skips steps whose scaled gradients overflow, as loss scaling expects.
+
+    Under ``DistributedDataParallel`` gradients are averaged only after the last
+    micro-batch (``no_sync`` before it), and ``reduce_loss`` (a mean over ranks) makes
+    the reported loss, and so the skip decision, the same on every rank.
     """
     model.train()
     if freeze_bn:
@@ -64,14 +70,17 @@ def train_step(
     total = torch.zeros((), device=device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     fmt = memory_format(channels_last)
-    for images, labels in batches:
+    no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel (also through torch.compile)
+    for k, (images, labels) in enumerate(batches):
         images = images.to(device, non_blocking=True, memory_format=fmt)
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, precision):
-            loss = total_loss(model(images), labels, label_policy) / len(batches)
-        scaler.scale(loss).backward()
+        defer = no_sync() if no_sync is not None and k < len(batches) - 1 else contextlib.nullcontext()
+        with defer:
+            with autocast(device, precision):
+                loss = total_loss(model(images), labels, label_policy) / len(batches)
+            scaler.scale(loss).backward()
         total += loss.detach().float()
-    value = float(total)
+    value = float(reduce_loss(total) if reduce_loss is not None else total)
     grad_norm = None
     if grad_clip is not None and math.isfinite(value):
         scaler.unscale_(optimizer)

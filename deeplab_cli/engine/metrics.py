@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..data.palette import IGNORE_INDEX
+from .distributed import all_reduce_max_, all_reduce_sum_
 
 
 class ConfusionMatrix:
@@ -68,6 +69,11 @@ class ConfusionMatrix:
         torch.maximum(self._bad, worst, out=self._bad)
         idx = torch.where(keep & t_ok & p_ok, t * c + p, c * c)
         self._counts.scatter_add_(0, idx, torch.ones_like(idx))
+
+    def all_reduce(self) -> None:
+        """Sum the counts of every rank: in distributed evaluation each rank scored its own share of the images."""
+        all_reduce_sum_(self._counts)
+        all_reduce_max_(self._bad)
 
     def reset(self) -> None:
         self._counts.zero_()

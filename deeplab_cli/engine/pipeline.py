@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..data.palette import IGNORE_INDEX
 from ..postprocess.crf import CRFParams, CRFPool
+from .distributed import shard
 from .inference import pad_collate, predict_probabilities, size_sorted_batches
 from .metrics import ConfusionMatrix
 from .precision import autocast, memory_format
@@ -46,6 +47,12 @@ class EvalSettings:
     progress: bool = False
     precision: str = "fp32"
     channels_last: bool = False
+    #: ``(rank, world_size)``: this process scores images ``rank, rank + world_size, ...`` only
+    shard: tuple[int, int] = (0, 1)
+
+    def indices(self, n: int) -> list[int]:
+        """The dataset indices this process evaluates (all of them unless sharded)."""
+        return shard(list(range(n)), *self.shard)
 
 
 @dataclass
@@ -108,7 +115,7 @@ def _cached_outputs(
 
 def _outputs(model, dataset, device, s: EvalSettings, cache: ProbabilityCache | None, result: EvalResult, bar):
     """Network outputs for cache misses first, then cache hits (each saved to the cache once)."""
-    everything = list(range(len(dataset)))
+    everything = s.indices(len(dataset))
     hits = [i for i in everything if cache is not None and cache.has(dataset.ids[i])]
     hit_set = set(hits)
     misses = [i for i in everything if i not in hit_set]
@@ -171,7 +178,8 @@ class _CRFStage:
     def __init__(self, pool: CRFPool, s: EvalSettings, result: EvalResult, dataset: Any, hook: PredictionHook):
         self.pool, self.result, self.dataset, self.hook = pool, result, dataset, hook
         self.targets: dict[int, Tensor] = {}
-        self.bar = tqdm(total=len(dataset), desc="CRF", disable=not s.progress, dynamic_ncols=True, leave=False)
+        total = len(s.indices(len(dataset)))
+        self.bar = tqdm(total=total, desc="CRF", disable=not s.progress, dynamic_ncols=True, leave=False)
 
     def submit(self, index: int, probs: np.ndarray, target: Tensor) -> None:
         self.targets[index] = target

@@ -1,9 +1,13 @@
-"""Turn SIGINT (Ctrl-C) and SIGTERM (pre-emption, ``scancel``, ``docker stop``) into a stop request.
+"""Turn SIGINT (Ctrl-C), SIGTERM (pre-emption, ``scancel``, ``docker stop``) and SIGUSR1/SIGUSR2
+(SLURM's warning before the time limit, ``--signal=USR1@120``; submitit uses USR2) into a stop request.
 
 Interrupting inside ``optimizer.step()`` would leave a half-updated model; the loop
 finishes the current iteration, writes ``last.pt`` and exits, so a restarted job
 (``resume=auto``) continues where it stopped. A second signal aborts at once: the
 last checkpoint stays intact because checkpoints are written atomically.
+
+A handler that was installed before ours (submitit's, which pickles the job and
+requeues it) is not lost: ``handoff`` calls it once the checkpoint is written.
 """
 
 from __future__ import annotations
@@ -11,18 +15,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger("deeplab_cli.train")
 
 #: The exit status of a process killed by the signal, which schedulers and shells expect.
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138, signal.SIGUSR2: 140}
+#: The signals a scheduler sends ahead of a time limit; on SLURM the job is requeued after the checkpoint.
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *REQUEUE_SIGNALS)
 
 
 class StopOnSignals:
     """Context manager: ``requested`` becomes the first signal received; handlers restored on exit."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
         self.signals = signals
         self.requested: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
@@ -43,6 +51,18 @@ class StopOnSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def handoff(self) -> Callable[[], None] | None:
+        """The handler our own replaced for the received signal (e.g. submitit's requeue), bound to it.
+
+        None when the signal had no Python handler of its own (default action, ignored,
+        or Python's Ctrl-C handler): then stopping is all there is to do.
+        """
+        sig = self.requested
+        previous = self._previous.get(sig) if sig is not None else None
+        if sig is None or not callable(previous) or previous is signal.default_int_handler:
+            return None
+        return lambda: previous(int(sig), None)
 
     @property
     def exit_code(self) -> int:

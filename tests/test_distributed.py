@@ -1,0 +1,271 @@
+"""Data-parallel training with torchrun (gloo on CPU): same result as one process, one run dir, rank-0 files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hydra_compose import compose_train
+from PIL import Image
+from torch import nn
+
+from deeplab_cli import factory
+from deeplab_cli.engine import distributed
+from deeplab_cli.engine.checkpoint import load_checkpoint
+from deeplab_cli.engine.loop import train_step
+from deeplab_cli.engine.metrics import ConfusionMatrix
+from deeplab_cli.engine.pipeline import EvalSettings
+from deeplab_cli.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+
+# Every pixel is valid (no boundary band, no scaling, crop <= image) and nothing is
+# random per process (no dropout, no BatchNorm): the mean loss of each rank's half of
+# the batch then averages to the mean over the whole batch, as one process computes it.
+EXACT = [
+    "trainer.max_iters=4",
+    "trainer.val_interval=4",
+    "trainer.batch_size=4",
+    "trainer.accumulate=2",
+    "trainer.progress=false",
+    "dataset.num_workers=0",
+    "dataset.synthetic.num_train=8",
+    "dataset.synthetic.num_val=3",  # odd: rank 0 scores 2 images, rank 1 one
+    "dataset.synthetic.boundary=0",
+    "dataset.scale_range=[1.0,1.0]",
+    "dataset.crop_size=48",
+    "backbone.width_mult=0.125",
+    "backbone.batch_norm=false",
+    "head.channels=16",
+    "head.dropout=0.0",
+]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(nproc: int, *args: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", "deeplab_cli.train", *args]
+
+
+def _run_dirs(cwd: Path) -> list[Path]:
+    return sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_the_weights_of_one(tmp_path: Path) -> None:
+    root = tmp_path / "synthetic"
+    single_dir = tmp_path / "single"
+    one = subprocess.run(
+        [str(BIN / "deeplab-train"), f"hydra.run.dir={single_dir}", f"dataset.root={root}", *EXACT],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    cwd = tmp_path / "ddp"
+    cwd.mkdir()
+    two = subprocess.run(
+        _torchrun(2, f"dataset.root={root}", *EXACT), capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    # both ranks took rank 0's time stamp: one run dir, rank 0 alone wrote the shared files
+    (run,) = _run_dirs(cwd)
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    assert (run / "train.log").read_text().count("final validation") == 1
+    assert "INFO" not in (run / "train_rank1.log").read_text()
+
+    a = load_checkpoint(single_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and not any(k.startswith("module.") for k in b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    # distributed evaluation: rank 0 scored images 0 and 2, rank 1 image 1; each counts once
+    m1 = json.loads((single_dir / "metrics.json").read_text())
+    m2 = json.loads((run / "metrics.json").read_text())
+    masks = (root / "VOC2012" / "SegmentationClass").glob("*_val_*.png")
+    valid = sum(int((np.array(Image.open(p)) != 255).sum()) for p in masks)
+    assert m2["num_images"] == m1["num_images"] == 3
+    assert m2["world_size"] == 2
+    assert int(np.sum(m2["confusion_matrix"])) == int(np.sum(m1["confusion_matrix"])) == valid
+    differing = np.abs(np.array(m2["confusion_matrix"]) - np.array(m1["confusion_matrix"])).sum()
+    assert differing <= 0.002 * valid, "the two runs' predictions should agree up to float rounding"
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_once_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        f"hydra.run.dir={run}",
+        f"dataset.root={tmp_path / 'synthetic'}",
+        *EXACT,
+        "trainer.max_iters=200",
+        "trainer.val_interval=200",
+        "trainer.checkpoint_interval=1",
+    ]
+    proc = subprocess.Popen(_torchrun(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)  # what scancel / a pre-empting scheduler does to the launcher
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stopped_at = load_checkpoint(last)["iteration"]
+    assert 0 < stopped_at < 200, err[-3000:]
+    assert not list(last.parent.glob(".*.tmp"))
+
+    resumed = subprocess.run(
+        _torchrun(2, *args, "resume=true"), capture_output=True, text=True, env=_env(), timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {last} at iteration {stopped_at}" in (run / "train.log").read_text()
+    assert load_checkpoint(last)["iteration"] == 200
+
+
+# ---------------------------------------------------------------- collectives in a 2-process gloo group
+
+
+def _collectives_worker(rank: int, store: str, results: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        info = distributed.current()
+        assert (info.rank, info.world_size) == (rank, 2)
+        assert distributed.any_rank(rank == 1) is True  # a signal that reached only rank 1 stops both
+        assert distributed.any_rank(False) is False
+        assert float(distributed.all_reduce_mean(torch.tensor(float(rank)))) == 0.5
+        assert distributed.broadcast({"from": rank}) == {"from": 0}
+
+        # every image scored once: each rank takes its shard, the counts are summed
+        gen = torch.Generator().manual_seed(0)
+        preds = [torch.randint(0, 3, (4, 5), generator=gen) for _ in range(5)]
+        targets = [torch.randint(0, 3, (4, 5), generator=gen) for _ in range(5)]
+        mine = EvalSettings(num_classes=3, shard=(rank, 2)).indices(5)
+        assert mine == ([0, 2, 4] if rank == 0 else [1, 3])
+        cm = ConfusionMatrix(3)
+        for i in mine:
+            cm.update(preds[i], targets[i])
+        cm.all_reduce()
+        torch.save(cm.matrix, Path(results, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_and_sharded_confusion_matrix(tmp_path: Path) -> None:
+    mp.start_processes(
+        _collectives_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    gen = torch.Generator().manual_seed(0)
+    preds = [torch.randint(0, 3, (4, 5), generator=gen) for _ in range(5)]
+    targets = [torch.randint(0, 3, (4, 5), generator=gen) for _ in range(5)]
+    full = ConfusionMatrix(3)
+    for p, t in zip(preds, targets, strict=True):
+        full.update(p, t)
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), full.matrix)
+    assert int(full.matrix.sum()) == 5 * 20
+
+
+def test_single_process_helpers_are_no_ops() -> None:
+    assert distributed.current() == distributed.DistInfo()
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
+    value = torch.tensor(3.0)
+    assert distributed.all_reduce_mean(value) is value
+    model = nn.Conv2d(1, 1, 1)
+    assert distributed.wrap(model, torch.device("cpu"), distributed.DistInfo(), sync_bn=False) is model
+    assert distributed.hydra_overrides(distributed.DistInfo()) == []
+    assert "hydra.output_subdir=null" in distributed.hydra_overrides(distributed.DistInfo(rank=1, world_size=2))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shards_cover_every_index_once(world: int) -> None:
+    shards = [distributed.shard(list(range(10)), r, world) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+
+
+def test_from_env_reads_torchrun_variables(monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = distributed.from_env()
+    assert (info.rank, info.world_size, info.local_rank, info.enabled, info.is_main) == (3, 8, 1, True, False)
+
+
+def test_global_batch_must_split_between_processes() -> None:
+    cfg = compose_train(["trainer.batch_size=10"])
+    factory.validate_distributed(cfg, 2, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=10 .* 4 processes.*multiple of 4"):
+        factory.validate_distributed(cfg, 4, torch.device("cpu"))
+
+
+def test_sync_bn_on_cpu_is_a_clear_error() -> None:
+    cfg = compose_train(["trainer.batch_size=4", "trainer.sync_bn=true"])
+    factory.validate_distributed(cfg, 1, torch.device("cpu"))  # one process: nothing to synchronise
+    with pytest.raises(ConfigError, match="trainer.sync_bn=true needs one GPU per process"):
+        factory.validate_distributed(cfg, 2, torch.device("cpu"))
+
+
+def test_sync_bn_keeps_parameters_and_state_dict_keys() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+    keys = list(model.state_dict())
+    converted = distributed.convert_sync_bn(model, distributed.DistInfo(rank=0, world_size=2))
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == 2
+    assert list(converted.state_dict()) == keys
+    assert distributed.convert_sync_bn(model, distributed.DistInfo()) is model
+
+
+class _CountingNoSync(nn.Module):
+    """A model with DDP's ``no_sync``: records which micro-batches deferred the gradient all-reduce."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.deferred: list[int] = []
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return {"out": self.conv(x)}
+
+    def no_sync(self):
+        import contextlib
+
+        self.deferred.append(self.forwards)
+        return contextlib.nullcontext()
+
+
+def test_gradient_accumulation_defers_the_all_reduce_until_the_last_micro_batch() -> None:
+    model = _CountingNoSync()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batches = [(torch.randn(1, 3, 4, 4), torch.randint(0, 2, (1, 4, 4))) for _ in range(3)]
+    seen = []
+    step = train_step(model, batches, opt, sched, "upsample", torch.device("cpu"),
+                      reduce_loss=lambda t: (seen.append(float(t)), t * 0 + 7.0)[1])  # fmt: skip
+    assert model.deferred == [0, 1], "micro-batches 1 and 2 skip the all-reduce, the 3rd performs it"
+    assert step.loss == 7.0 and len(seen) == 1, "the reported loss is the all-ranks mean"
+
+
+def test_bad_config_under_torchrun_fails_on_every_rank_with_the_message(tmp_path: Path) -> None:
+    done = subprocess.run(
+        _torchrun(2, f"hydra.run.dir={tmp_path / 'run'}", "trainer.batch_size=3", f"dataset.root={tmp_path / 'd'}"),
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    message = "trainer.batch_size=3 is the global batch and does not split evenly between 2 processes"
+    assert f"[rank 1] Error: {message}" in done.stderr
+    assert f"\nError: {message}" in done.stderr or done.stderr.startswith(f"Error: {message}")
+    assert not (tmp_path / "d").exists(), "nothing is read or generated before the config is checked"
