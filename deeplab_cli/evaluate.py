@@ -22,12 +22,13 @@ from .config import TrainConfig, register_configs
 from .data import voc_export
 from .data.palette import voc_palette
 from .data.voc import skipped_samples
+from .engine import distributed
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 from .engine.logger import TensorBoardLogger, format_table
 from .engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
 from .engine.precision import to_memory_format
 from .engine.prob_cache import ProbabilityCache, file_digest
-from .errors import DeepLabError, user_message
+from .errors import ConfigError, DeepLabError, user_message
 from .models.importers import import_checkpoint, is_ours
 from .report import save_pictures
 
@@ -245,6 +246,12 @@ def _pictures(run_dir: Path, result: EvalResult, train_cfg: DictConfig, metrics:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> float:
     try:
+        if distributed.from_env().enabled:
+            raise ConfigError(
+                "deeplab-eval runs in one process (it would evaluate every image once per process and write the "
+                "same files from each); run it without torchrun. Training under torchrun already evaluates "
+                "its validation split in parallel."
+            )
         return float(run_eval(cfg).get("mIoU", float("nan")))
     except DeepLabError as exc:
         print(f"Error: {user_message(exc)}", file=sys.stderr)

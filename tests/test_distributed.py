@@ -269,3 +269,13 @@ def test_bad_config_under_torchrun_fails_on_every_rank_with_the_message(tmp_path
     assert f"[rank 1] Error: {message}" in done.stderr
     assert f"\nError: {message}" in done.stderr or done.stderr.startswith(f"Error: {message}")
     assert not (tmp_path / "d").exists(), "nothing is read or generated before the config is checked"
+
+
+def test_deeplab_eval_under_torchrun_is_refused_with_a_reason(tmp_path: Path) -> None:
+    env = {**_env(), "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    done = subprocess.run(
+        [str(BIN / "deeplab-eval"), "checkpoint=missing.pt", f"hydra.run.dir={tmp_path / 'eval'}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "deeplab-eval runs in one process" in done.stderr and "Traceback" not in done.stderr
