@@ -28,7 +28,7 @@ from .engine.logger import TensorBoardLogger, format_table
 from .engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
 from .engine.precision import to_memory_format
 from .engine.prob_cache import ProbabilityCache, file_digest
-from .errors import ConfigError, DeepLabError, user_message
+from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint, is_ours
 from .report import save_pictures
 
@@ -173,11 +173,20 @@ def assemble_metrics(result: EvalResult, train_cfg: DictConfig, cfg: DictConfig,
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the model from the checkpoint, evaluate (TTA, CRF, trimap), write ``metrics.json``."""
+    """Rebuild the model from the checkpoint, evaluate (TTA, CRF, trimap), write ``metrics.json``.
+
+    Under ``torchrun`` each rank evaluates every N-th image (and writes its predictions);
+    the counts are summed and rank 0 writes the metrics, pictures and export archive.
+    """
+    info = distributed.current()
+    if not info.is_main:
+        logging.getLogger("deeplab_cli").setLevel(logging.WARNING)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     settings = factory.eval_settings(cfg.eval, cfg.crf, cfg.model.num_classes)  # fails before any loading
+    if info.enabled and cfg.crf.workers is None:  # the ranks on one machine share its cores
+        settings = replace(settings, crf_workers=max(1, settings.crf_workers // info.local_world_size))
     model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
-    device = factory.select_device(train_cfg.trainer.device)
+    device = distributed.device_for(factory.select_device(train_cfg.trainer.device), info)
     model.to(device)
     export = cfg.eval.export
     split = cfg.eval.split or ("test" if export else None)
@@ -187,12 +196,14 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     t = train_cfg.trainer
     settings = replace(
         settings, num_classes=train_cfg.model.num_classes, trimap=trimap, precision=t.precision,
-        channels_last=t.channels_last,
+        channels_last=t.channels_last, shard=(info.rank, info.world_size),
     )  # fmt: skip
     model = to_memory_format(model, t.channels_last)
     cache = make_cache(cfg, train_cfg, dataset, settings)
     hook = _output_hook(cfg, run_dir, dataset, "crf" if settings.crf is not None else "network")
     result = run_evaluation(model, dataset, device, settings, cache, hook)
+    result.all_reduce()
+    distributed.barrier()  # every rank's prediction PNGs and skipped-sample lines are on disk
     metrics = assemble_metrics(result, train_cfg, cfg, settings, result.images) if has_targets else {}
     metrics.update(
         checkpoint=str(cfg.checkpoint),
@@ -210,6 +221,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         },
         seconds=round(result.seconds, 3),
     )
+    if info.enabled:
+        metrics["world_size"] = info.world_size
+    if not info.is_main:
+        return metrics
     skipped = skipped_samples(run_dir / SKIP_LOG)
     if skipped is not None:
         metrics["skipped_samples"] = skipped
@@ -244,18 +259,21 @@ def _pictures(run_dir: Path, result: EvalResult, train_cfg: DictConfig, metrics:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> float:
-    try:
-        if distributed.from_env().enabled:
-            raise ConfigError(
-                "deeplab-eval runs in one process (it would evaluate every image once per process and write the "
-                "same files from each); run it without torchrun. Training under torchrun already evaluates "
-                "its validation split in parallel."
-            )
-        return float(run_eval(cfg).get("mIoU", float("nan")))
-    except DeepLabError as exc:
-        print(f"Error: {user_message(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
+def hydra_main(cfg: DictConfig) -> float:
+    with distributed.session() as info:
+        try:
+            return float(run_eval(cfg).get("mIoU", float("nan")))
+        except DeepLabError as exc:
+            where = f"[rank {info.rank}] " if info.rank else ""
+            print(f"{where}Error: {user_message(exc)}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def main() -> None:
+    """``deeplab-eval``; under ``torchrun`` each process joins the group before Hydra picks the run dir."""
+    with distributed.session() as info:
+        sys.argv += distributed.hydra_overrides(info)
+        hydra_main()
 
 
 if __name__ == "__main__":

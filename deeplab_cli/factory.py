@@ -187,6 +187,11 @@ def make_train_loader(
         on_error=d.on_error,
         skip_log=skip_log,
     )
+    if len(dataset) < t.batch_size:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} is larger than the training split {d.train_split!r} "
+            f"({len(dataset)} images under {dataset_root(cfg)}); lower trainer.batch_size or use a larger split."
+        )
     sampler = IterationBatchSampler(
         len(dataset),
         t.batch_size // world_size,
@@ -257,9 +262,8 @@ def evaluate_split(
         shard=(info.rank, info.world_size),
     )
     result = run_evaluation(model, dataset, device, settings, on_prediction=on_prediction)
-    result.network.all_reduce()
-    images = int(distributed.all_reduce_sum_(torch.tensor([result.images])).item())
-    return split_metrics(result.network.matrix, cfg, images)
+    result.all_reduce()
+    return split_metrics(result.network.matrix, cfg, result.images)
 
 
 EXPORTS = ("voc_test",)

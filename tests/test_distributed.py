@@ -204,6 +204,12 @@ def test_from_env_reads_torchrun_variables(monkeypatch) -> None:
     assert (info.rank, info.world_size, info.local_rank, info.enabled, info.is_main) == (3, 8, 1, True, False)
 
 
+def test_batch_larger_than_the_split_names_the_key(tmp_path: Path) -> None:
+    cfg = compose_train([f"dataset.root={tmp_path}", "dataset.synthetic.num_train=3", "trainer.batch_size=4"])
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=4 is larger than the training split 'train' \(3 images"):
+        factory.make_train_loader(cfg, 0)
+
+
 def test_global_batch_must_split_between_processes() -> None:
     cfg = compose_train(["trainer.batch_size=10"])
     factory.validate_distributed(cfg, 2, torch.device("cpu"))
@@ -271,11 +277,44 @@ def test_bad_config_under_torchrun_fails_on_every_rank_with_the_message(tmp_path
     assert not (tmp_path / "d").exists(), "nothing is read or generated before the config is checked"
 
 
-def test_deeplab_eval_under_torchrun_is_refused_with_a_reason(tmp_path: Path) -> None:
-    env = {**_env(), "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    done = subprocess.run(
-        [str(BIN / "deeplab-eval"), "checkpoint=missing.pt", f"hydra.run.dir={tmp_path / 'eval'}"],
-        capture_output=True, text=True, env=env, timeout=120,
+@pytest.mark.slow
+def test_deeplab_eval_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+    """Sharded evaluation with CRF, trimap and saved predictions: the same numbers and files as one process."""
+    pytest.importorskip("pydensecrf")
+    root, train_dir = tmp_path / "synthetic", tmp_path / "train"
+    trained = subprocess.run(
+        [str(BIN / "deeplab-train"), f"hydra.run.dir={train_dir}", f"dataset.root={root}", *EXACT[:3], *EXACT[4:]],
+        capture_output=True, text=True, env=_env(), timeout=600,
     )  # fmt: skip
-    assert done.returncode == 1
-    assert "deeplab-eval runs in one process" in done.stderr and "Traceback" not in done.stderr
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    common = [f"checkpoint={train_dir / 'checkpoints' / 'last.pt'}", "crf=deeplabv1_largefov", "crf.workers=1",
+              "eval.trimap=[2,4]", "save_predictions=true", "eval.progress=false", "eval.num_workers=0"]  # fmt: skip
+    one_dir = tmp_path / "eval1"
+    one = subprocess.run(
+        [str(BIN / "deeplab-eval"), f"hydra.run.dir={one_dir}", f"eval.cache_dir={tmp_path / 'cache1'}", *common],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    cwd = tmp_path / "ddp"
+    cwd.mkdir()
+    two = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "deeplab_cli.evaluate",
+         f"eval.cache_dir={tmp_path / 'cache2'}", *common],
+        capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    (two_dir,) = _run_dirs(cwd)
+    m1 = json.loads((one_dir / "metrics.json").read_text())
+    m2 = json.loads((two_dir / "metrics.json").read_text())
+    assert m2["world_size"] == 2 and m2["num_images"] == m1["num_images"] == 3
+    assert m2["probabilities"]["network_images"] == 3
+    for key in ("confusion_matrix", "mIoU", "mIoU_network", "trimap_miou", "trimap_miou_network"):
+        assert m2[key] == m1[key], key
+    assert m2["network"]["confusion_matrix"] == m1["network"]["confusion_matrix"]
+    preds1 = sorted(p.name for p in (one_dir / "predictions").iterdir())
+    assert preds1 == sorted(p.name for p in (two_dir / "predictions").iterdir()) and len(preds1) == 3
+    for name in preds1:
+        a = np.array(Image.open(one_dir / "predictions" / name))
+        assert np.array_equal(a, np.array(Image.open(two_dir / "predictions" / name))), name
+    assert (two_dir / "plots" / "confusion_matrix.png").is_file()
+    assert (two_dir / "evaluate_rank1.log").is_file()

@@ -35,6 +35,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine (they share its CPUs)
 
     @property
     def enabled(self) -> bool:
@@ -64,13 +65,17 @@ def from_env() -> DistInfo:
     """The ranks ``torchrun`` (or submitit, for a multi-task job) assigned."""
     _export_submitit_env()
     env = os.environ
-    return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    world = int(env.get("WORLD_SIZE", 1))
+    return DistInfo(
+        int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world))
+    )
 
 
 def current() -> DistInfo:
     """This process's place once the process group exists, else single-process."""
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), from_env().local_rank)
+        env = from_env()
+        return DistInfo(dist.get_rank(), dist.get_world_size(), env.local_rank, env.local_world_size)
     return DistInfo()
 
 

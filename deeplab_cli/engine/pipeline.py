@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..data.palette import IGNORE_INDEX
 from ..postprocess.crf import CRFParams, CRFPool
-from .distributed import shard
+from .distributed import all_reduce_max_, all_reduce_sum_, shard
 from .inference import pad_collate, predict_probabilities, size_sorted_batches
 from .metrics import ConfusionMatrix
 from .precision import autocast, memory_format
@@ -66,6 +66,16 @@ class EvalResult:
     cached_images: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def all_reduce(self) -> None:
+        """Sum the counts of every rank (each evaluated its shard); ``seconds`` becomes the slowest rank's."""
+        for meter in (self.network, self.crf, self.trimap_network, self.trimap_crf):
+            if meter is not None:
+                meter.all_reduce()
+        counts = torch.tensor([self.images, self.network_images, self.cached_images], dtype=torch.int64)
+        all_reduce_sum_(counts)
+        self.images, self.network_images, self.cached_images = (int(v) for v in counts)
+        self.seconds = float(all_reduce_max_(torch.tensor([self.seconds], dtype=torch.float64)))
 
 
 def _network_outputs(

@@ -16,6 +16,7 @@ from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 from ..data.palette import IGNORE_INDEX
+from .distributed import all_reduce_sum_
 from .metrics import ConfusionMatrix, compute_metrics
 
 
@@ -93,6 +94,14 @@ class TrimapMeter:
     def result(self, class_names: Sequence[str]) -> dict[int, float]:
         """Width -> mIoU (percent) over the pixels counted in that band."""
         return {w: float(compute_metrics(m.matrix, class_names)["mIoU"]) for w, m in self._meters.items()}
+
+    def all_reduce(self) -> None:
+        """Sum every band's counts over ranks (distributed evaluation)."""
+        for m in self._meters.values():
+            m.all_reduce()
+        pixels = torch.tensor([self.band_pixels[w] for w in self.widths], dtype=torch.int64)
+        all_reduce_sum_(pixels)
+        self.band_pixels = dict(zip(self.widths, (int(v) for v in pixels), strict=True))
 
     def reset(self) -> None:
         for m in self._meters.values():
