@@ -264,16 +264,13 @@ def hydra_main(cfg: DictConfig) -> float:
         try:
             return float(run_eval(cfg).get("mIoU", float("nan")))
         except DeepLabError as exc:
-            where = f"[rank {info.rank}] " if info.rank else ""
-            print(f"{where}Error: {user_message(exc)}", file=sys.stderr)
+            print(f"{distributed.rank_prefix(info)}Error: {user_message(exc)}", file=sys.stderr)
             raise SystemExit(1) from None
 
 
 def main() -> None:
-    """``deeplab-eval``; under ``torchrun`` each process joins the group before Hydra picks the run dir."""
-    with distributed.session() as info:
-        sys.argv += distributed.hydra_overrides(info)
-        hydra_main()
+    """``deeplab-eval`` (also under ``torchrun``)."""
+    distributed.launch(hydra_main)
 
 
 if __name__ == "__main__":

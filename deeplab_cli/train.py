@@ -349,7 +349,6 @@ def _check_finite(step: StepResult, it: int, policy: str, last: Path, progress: 
 def hydra_main(cfg: DictConfig) -> float:
     """Returns the final mIoU so sweepers (Optuna) can optimise it."""
     with distributed.session() as info:  # a no-op unless a multi-task submitit job (torchrun: see main)
-        where = f"[rank {info.rank}] " if info.rank else ""
         try:
             return float(run_train(cfg)["mIoU"])
         except TrainingInterrupted as exc:
@@ -359,15 +358,13 @@ def hydra_main(cfg: DictConfig) -> float:
                 exc.handoff()  # submitit: pickles the job, requeues it and exits
             raise SystemExit(exc.exit_code) from None
         except DeepLabError as exc:
-            print(f"{where}Error: {user_message(exc)}", file=sys.stderr)
+            print(f"{distributed.rank_prefix(info)}Error: {user_message(exc)}", file=sys.stderr)
             raise SystemExit(1) from None
 
 
 def main() -> None:
-    """``deeplab-train``; under ``torchrun`` each process joins the group before Hydra picks the run dir."""
-    with distributed.session() as info:
-        sys.argv += distributed.hydra_overrides(info)
-        hydra_main()
+    """``deeplab-train`` (also under ``torchrun``)."""
+    distributed.launch(hydra_main)
 
 
 if __name__ == "__main__":

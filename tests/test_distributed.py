@@ -55,8 +55,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(nproc: int, *args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", "deeplab_cli.train", *args]
+def _torchrun(nproc: int, *args: str, module: str = "deeplab_cli.train") -> list[str]:
+    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", module, *args]
+
+
+def _succeeds(cmd: list[str], cwd: Path | None = None) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _run_dirs(cwd: Path) -> list[Path]:
@@ -67,17 +72,10 @@ def _run_dirs(cwd: Path) -> list[Path]:
 def test_two_processes_end_with_the_weights_of_one(tmp_path: Path) -> None:
     root = tmp_path / "synthetic"
     single_dir = tmp_path / "single"
-    one = subprocess.run(
-        [str(BIN / "deeplab-train"), f"hydra.run.dir={single_dir}", f"dataset.root={root}", *EXACT],
-        capture_output=True, text=True, env=_env(), timeout=600,
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
+    _succeeds([str(BIN / "deeplab-train"), f"hydra.run.dir={single_dir}", f"dataset.root={root}", *EXACT])
     cwd = tmp_path / "ddp"
     cwd.mkdir()
-    two = subprocess.run(
-        _torchrun(2, f"dataset.root={root}", *EXACT), capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    _succeeds(_torchrun(2, f"dataset.root={root}", *EXACT), cwd=cwd)
 
     # both ranks took rank 0's time stamp: one run dir, rank 0 alone wrote the shared files
     (run,) = _run_dirs(cwd)
@@ -128,10 +126,7 @@ def test_sigterm_to_torchrun_checkpoints_once_and_resumes(tmp_path: Path) -> Non
     assert 0 < stopped_at < 200, err[-3000:]
     assert not list(last.parent.glob(".*.tmp"))
 
-    resumed = subprocess.run(
-        _torchrun(2, *args, "resume=true"), capture_output=True, text=True, env=_env(), timeout=600
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _succeeds(_torchrun(2, *args, "resume=true"))
     assert f"resumed from {last} at iteration {stopped_at}" in (run / "train.log").read_text()
     assert load_checkpoint(last)["iteration"] == 200
 
@@ -282,27 +277,15 @@ def test_deeplab_eval_under_torchrun_matches_one_process(tmp_path: Path) -> None
     """Sharded evaluation with CRF, trimap and saved predictions: the same numbers and files as one process."""
     pytest.importorskip("pydensecrf")
     root, train_dir = tmp_path / "synthetic", tmp_path / "train"
-    trained = subprocess.run(
-        [str(BIN / "deeplab-train"), f"hydra.run.dir={train_dir}", f"dataset.root={root}", *EXACT[:3], *EXACT[4:]],
-        capture_output=True, text=True, env=_env(), timeout=600,
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    no_accumulate = [o for o in EXACT if not o.startswith("trainer.accumulate")]
+    _succeeds([str(BIN / "deeplab-train"), f"hydra.run.dir={train_dir}", f"dataset.root={root}", *no_accumulate])
     common = [f"checkpoint={train_dir / 'checkpoints' / 'last.pt'}", "crf=deeplabv1_largefov", "crf.workers=1",
               "eval.trimap=[2,4]", "save_predictions=true", "eval.progress=false", "eval.num_workers=0"]  # fmt: skip
     one_dir = tmp_path / "eval1"
-    one = subprocess.run(
-        [str(BIN / "deeplab-eval"), f"hydra.run.dir={one_dir}", f"eval.cache_dir={tmp_path / 'cache1'}", *common],
-        capture_output=True, text=True, env=_env(), timeout=600,
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
+    _succeeds([str(BIN / "deeplab-eval"), f"hydra.run.dir={one_dir}", f"eval.cache_dir={tmp_path / 'cache1'}", *common])
     cwd = tmp_path / "ddp"
     cwd.mkdir()
-    two = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "deeplab_cli.evaluate",
-         f"eval.cache_dir={tmp_path / 'cache2'}", *common],
-        capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
+    _succeeds(_torchrun(2, f"eval.cache_dir={tmp_path / 'cache2'}", *common, module="deeplab_cli.evaluate"), cwd=cwd)
     (two_dir,) = _run_dirs(cwd)
     m1 = json.loads((one_dir / "metrics.json").read_text())
     m2 = json.loads((two_dir / "metrics.json").read_text())

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -107,6 +108,19 @@ def session(timeout_minutes: float = 30.0) -> Iterator[DistInfo]:
         yield info
     finally:
         dist.destroy_process_group()
+
+
+def launch(hydra_entry: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` entry point; under ``torchrun`` each process joins the group first,
+    so that Hydra gives every rank rank 0's run dir (and ranks N > 0 their own log file)."""
+    with session() as info:
+        sys.argv += hydra_overrides(info)
+        hydra_entry()
+
+
+def rank_prefix(info: DistInfo) -> str:
+    """``[rank N] `` for messages of ranks N > 0, so that the user sees which process failed."""
+    return f"[rank {info.rank}] " if info.rank else ""
 
 
 def hydra_overrides(info: DistInfo) -> list[str]:
