@@ -214,7 +214,7 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def our_config(settings: Settings, data_root: str | None) -> DictConfig:
     """The preset without the quickstart experiment; with ``data_root`` a VOC-sized synthetic set there."""
-    overrides = ["~experiment", f"model={settings.model}", "model.pretrained=false"]
+    overrides = [f"model={settings.model}", "model.pretrained=false"]
     if settings.output_stride is not None:
         overrides.append(f"model.output_stride={settings.output_stride}")
     if data_root is not None:

@@ -17,19 +17,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import entry
 from ._paths import config_dir
 from .config import DatasetConfig, register_configs
 from .data.check import Problem, check_split, count_ids, format_report, summarize
 from .data.voc import resolve_voc_dir
-from .errors import ConfigError, DeepLabError
+from .errors import ConfigError, DeepLabError, user_message
 
 register_configs()
 
 
 def dataset_node(cfg: DictConfig) -> DictConfig:
     """``cfg.dataset`` typed by the training schema: defaults filled in, wrong types reported."""
+    node = OmegaConf.to_container(cfg.dataset)
+    node.pop("split", None)  # check-data's own key (see requested_splits)
     try:
-        return OmegaConf.merge(OmegaConf.structured(DatasetConfig), cfg.dataset)  # type: ignore[return-value]
+        return OmegaConf.merge(OmegaConf.structured(DatasetConfig), node)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         key = f"dataset.{exc.full_key}" if getattr(exc, "full_key", None) else "dataset"
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -51,6 +54,18 @@ def split_names(splits: Any, dataset: DictConfig) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def requested_splits(cfg: DictConfig) -> Any:
+    """``splits=`` or its alias ``dataset.split=``; naming both with different values is an error."""
+    alias = cfg.dataset.get("split")
+    if alias is None:
+        return cfg.splits
+    if cfg.splits is not None and split_names(cfg.splits, cfg.dataset) != split_names(alias, cfg.dataset):
+        raise ConfigError(
+            f"splits={cfg.splits} and dataset.split={alias} disagree; give one of them, e.g. splits=[train,val]."
+        )
+    return alias
+
+
 def _workers(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"workers={value!r} must be a positive number of decoding threads, e.g. workers=8.")
@@ -61,7 +76,7 @@ def run_check(cfg: DictConfig, run_dir: Path) -> list[Problem]:
     """Check every split, print the report, write ``report.json``; the problems found."""
     dataset = dataset_node(cfg)
     workers = _workers(cfg.workers)
-    splits = split_names(cfg.splits, dataset)
+    splits = split_names(requested_splits(cfg), dataset)
     root = dataset.root
     if dataset.synthetic is not None:
         from . import factory  # imports the models too: only when a synthetic set must be generated
@@ -93,14 +108,19 @@ def run_check(cfg: DictConfig, run_dir: Path) -> list[Problem]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="check_data")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         problems = run_check(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except DeepLabError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    except (DeepLabError, OmegaConfBaseException) as exc:
+        print(f"Error: {user_message(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     if problems:
         raise SystemExit(1)
+
+
+def main() -> None:
+    """``deeplab-check-data``."""
+    entry.run(hydra_main)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,36 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PreprocessConfig:
+    """Input normalisation the weights expect: ``((bgr ? image[..., ::-1] : image) / 255 - mean) / std``.
+
+    It belongs to the weights, not to the data: it lives under ``model``, is stored in
+    every checkpoint, comes from the importer for other projects' files, and no
+    ``dataset=`` override can change it (only an explicit ``model.preprocess.*``).
+    ``mean``/``std`` are in 0-1 units, in the channel order after the optional flip.
+    """
+
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    bgr: bool = False
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    num_classes: int = 21
+    num_classes: int = II("dataset.num_classes")  # the dataset's label set unless set explicitly
     output_stride: int = 8
     pretrained: bool = False
     weights: Optional[str] = None
     init_from: Optional[str] = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
 @dataclass
@@ -121,9 +140,6 @@ class DatasetConfig:
     crop_size: int = 321
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     flip: bool = True
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    bgr: bool = False
     num_workers: int = 2
     subset: Optional[int] = None
     on_error: str = "raise"
@@ -222,6 +238,27 @@ class PredictConfig(EvalConfig):
     input: str = MISSING
     output: Optional[str] = None
     overlay_alpha: float = 0.5
+
+
+#: Keys that older versions kept under ``dataset`` and that now live under ``model.preprocess``.
+MOVED_TO_PREPROCESS = ("mean", "std", "bgr")
+
+
+def migrate_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config in today's layout (a copy): ``dataset.mean/std/bgr`` become ``model.preprocess``.
+
+    Checkpoints written before preprocessing moved to the model keep their
+    normalisation this way; a config that already has ``model.preprocess`` wins.
+    """
+    stored = {**stored}
+    dataset = dict(stored.get("dataset") or {})
+    moved = {k: dataset.pop(k) for k in MOVED_TO_PREPROCESS if k in dataset}
+    if moved:
+        stored["dataset"] = dataset
+        model = dict(stored.get("model") or {})
+        model.setdefault("preprocess", {**PreprocessConfig().__dict__, **moved})
+        stored["model"] = model
+    return stored
 
 
 def register_configs() -> None:

@@ -16,6 +16,12 @@ def user_message(exc: BaseException) -> str:
     "Caught X in DataLoader worker process N. Original Traceback ..."; its last line holds
     the original one-paragraph message.
     """
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, OmegaConfBaseException):  # a config value the task could not read (e.g. ??? left unset)
+        from .entry import one_line
+
+        return one_line(exc)
     text = str(exc)
     if "Original Traceback" not in text:
         return text

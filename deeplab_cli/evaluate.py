@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from . import factory
+from . import entry, factory
 from ._paths import config_dir
-from .config import TrainConfig, register_configs
+from .config import TrainConfig, migrate_stored_config, register_configs
 from .data import voc_export
 from .data.palette import voc_palette
 from .data.voc import skipped_samples
@@ -43,7 +45,7 @@ _ARCH_NODES = ("model", "backbone", "head", "scales")
 
 #: Selecting one of these groups on the command line replaces these stored nodes.
 _GROUP_NODES = {
-    "model": ("model", "backbone", "head"),
+    "model": ("model", "backbone", "head", "scales"),
     "backbone": ("backbone",),
     "head": ("head",),
     "scales": ("scales",),
@@ -51,14 +53,22 @@ _GROUP_NODES = {
     "trainer": ("trainer",),
 }
 
+#: The one way to change the checkpoint's input normalisation: naming these keys.
+_PREPROCESS_KEY = "model.preprocess"
+
 
 def merge_overrides(stored: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The checkpoint's training config with the user's command-line overrides on top.
 
     Only keys the user named are taken from the eval-time composition, so a
-    checkpoint trained on VOC with a ResNet is evaluated as such unless asked.
+    checkpoint trained on VOC with a ResNet is evaluated as such unless asked. The
+    input normalisation (``model.preprocess``) belongs to the weights: it stays the
+    checkpoint's under every group override (``dataset=``, ``model=``) and changes only
+    when ``model.preprocess.*`` is named, which is logged.
     """
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_stored_config(stored))
+    weights_preprocess = merged.model.preprocess.copy()
+    explicit = False
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         top = key.split(".")[0].split("/")[0]
@@ -67,8 +77,19 @@ def merge_overrides(stored: dict[str, Any], cfg: DictConfig, overrides: list[str
         if "." not in key:
             for node in _GROUP_NODES[top]:
                 merged[node] = cfg[node]
+            merged.model.preprocess = weights_preprocess
         else:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+            explicit |= key.startswith(_PREPROCESS_KEY)
+    if not explicit:
+        merged.model.preprocess = weights_preprocess
+    elif merged.model.preprocess != weights_preprocess:
+        log.warning(
+            "model.preprocess=%s differs from the checkpoint's %s (what its weights were trained with); "
+            "the given values are used",
+            OmegaConf.to_container(merged.model.preprocess),
+            OmegaConf.to_container(weights_preprocess),
+        )
     return merged
 
 
@@ -106,8 +127,7 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
     stored = OmegaConf.to_container(cfg, resolve=True)
     for node in set(stored) - {f.name for f in fields(TrainConfig)}:  # eval/predict-only nodes
         stored.pop(node)
-    stored.update(imported.config_overrides)
-    stored["dataset"].update(imported.preprocess.as_dataset_config())
+    stored.update(imported.config_overrides)  # with the weights' model.preprocess
     for note in imported.notes:
         log.info("%s: %s", imported.layout, note)
     train_cfg = merge_overrides(stored, cfg, overrides)
@@ -126,11 +146,10 @@ def make_cache(cfg: DictConfig, train_cfg: DictConfig, dataset, settings: EvalSe
     mode = str(cfg.eval.cache).lower()
     if mode == "false" or (mode == "auto" and settings.crf is None):
         return None
-    d = train_cfg.dataset
     key = {
         "checkpoint": file_digest(cfg.checkpoint),
         "architecture": {n: OmegaConf.to_container(train_cfg[n], resolve=True) for n in _ARCH_NODES},
-        "preprocess": {"mean": list(d.mean), "std": list(d.std), "bgr": d.bgr},
+        "preprocess": OmegaConf.to_container(train_cfg.model.preprocess),
         "images": str(dataset.image_dir.resolve()),
         "test_time": {"scales": list(settings.scales), "flip": settings.flip, "batch_size": settings.batch_size},
     }
@@ -263,14 +282,14 @@ def hydra_main(cfg: DictConfig) -> float:
     with distributed.session() as info:
         try:
             return float(run_eval(cfg).get("mIoU", float("nan")))
-        except DeepLabError as exc:
+        except (DeepLabError, OmegaConfBaseException) as exc:
             print(f"{distributed.rank_prefix(info)}Error: {user_message(exc)}", file=sys.stderr)
             raise SystemExit(1) from None
 
 
 def main() -> None:
     """``deeplab-eval`` (also under ``torchrun``)."""
-    distributed.launch(hydra_main)
+    distributed.launch(partial(entry.run, hydra_main))
 
 
 if __name__ == "__main__":

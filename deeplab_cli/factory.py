@@ -112,6 +112,12 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
     )
 
 
+def normalisation(cfg: DictConfig) -> tuple[list[float], list[float], bool]:
+    """``(mean, std, bgr)`` of ``model.preprocess``: what the weights expect, whatever the dataset."""
+    p = cfg.model.preprocess
+    return list(p.mean), list(p.std), bool(p.bgr)
+
+
 def make_model(cfg: DictConfig, pretrained: bool | None = None) -> DeepLab:
     use_pretrained = cfg.model.pretrained if pretrained is None else pretrained
     return build_model(model_spec(cfg), pretrained=use_pretrained, weights_file=cfg.model.weights)
@@ -177,7 +183,7 @@ def make_train_loader(
     to ``skip_log``); a batch of only bad samples comes out as None.
     """
     d, t = cfg.dataset, cfg.trainer
-    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, d.mean, d.std, d.bgr)
+    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, *normalisation(cfg))
     dataset = VOCSegmentation(
         dataset_root(cfg),
         d.train_split,
@@ -220,7 +226,7 @@ def make_eval_dataset(
         dataset_root(cfg),
         split or d.val_split,
         d.mask_dir,
-        eval_transforms(d.mean, d.std, d.bgr),
+        eval_transforms(*normalisation(cfg)),
         subset=d.subset,
         require_masks=require_masks,
         num_classes=d.num_classes,

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from . import factory
+from . import entry, factory
 from ._paths import config_dir
 from .config import register_configs
 from .data.images import ImageFiles, resolve_inputs
@@ -64,9 +65,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     device = factory.select_device(train_cfg.trainer.device)
     t = train_cfg.trainer
     model = to_memory_format(model.to(device), t.channels_last)
-    settings = replace(settings, precision=t.precision, channels_last=t.channels_last)
-    d = train_cfg.dataset
-    dataset = ImageFiles(files, eval_transforms(d.mean, d.std, d.bgr))
+    settings = replace(
+        settings, num_classes=train_cfg.model.num_classes, precision=t.precision, channels_last=t.channels_last
+    )
+    dataset = ImageFiles(files, eval_transforms(*factory.normalisation(train_cfg)))
     final_stage = "crf" if settings.crf is not None else "network"
     hook = _writer(dataset, out_dir, cfg.overlay_alpha, final_stage)
     result = run_evaluation(model, dataset, device, settings, on_prediction=hook)
@@ -76,12 +78,17 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         run_predict(cfg)
-    except DeepLabError as exc:
+    except (DeepLabError, OmegaConfBaseException) as exc:
         print(f"Error: {user_message(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def main() -> None:
+    """``deeplab-predict``."""
+    entry.run(hydra_main)
 
 
 if __name__ == "__main__":

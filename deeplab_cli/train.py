@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from . import factory
+from . import entry, factory
 from ._paths import config_dir
 from .config import register_configs
 from .data.voc import DatasetError, skipped_samples
@@ -27,6 +29,7 @@ from .engine.checkpoint import (
     atomic_save,
     check_writable,
     load_checkpoint,
+    load_matching,
     load_weights,
     rng_state,
     set_rng_state,
@@ -132,23 +135,42 @@ def validate_model(
 def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
     """Start from any checkpoint ``import_checkpoint`` knows (ours, torchvision, kazuto, VainF).
 
-    The file decides the architecture and the input normalisation; ``cfg`` is updated
-    in place so that this run's own checkpoints rebuild the same model.
+    The file decides the architecture and the input normalisation (``model.preprocess``);
+    ``cfg`` is updated in place so that this run's own checkpoints rebuild the same
+    model. The class count stays this run's (``model.num_classes``, by default the
+    dataset's): when it differs from the file's, :func:`reheaded` puts the file's
+    weights into a model with the new classifier(s).
     """
     try:
         imported = import_checkpoint(cfg.model.init_from)
     except CheckpointError as exc:
         raise CheckpointError(f"model.init_from={cfg.model.init_from}: {exc}") from exc
-    init_from = cfg.model.init_from
+    init_from, num_classes = cfg.model.init_from, int(cfg.model.num_classes)
     for node, values in imported.config_overrides.items():
         # backbone/head are typed per option (replace the node); model/scales share one schema (merge)
         cfg[node] = OmegaConf.create(values) if node in ("backbone", "head") else OmegaConf.merge(cfg[node], values)
-    cfg.model.init_from, cfg.model.pretrained = init_from, False
-    cfg.dataset.merge_with(imported.preprocess.as_dataset_config())
+    file_classes = int(cfg.model.num_classes)
+    cfg.model.init_from, cfg.model.pretrained, cfg.model.num_classes = init_from, False, num_classes
     for note in imported.notes:
         log.info("%s: %s", imported.layout, note)
-    log.info("initialised from %s (%s)", init_from, imported.layout)
+    log.info("initialised from %s (%s, %d classes)", init_from, imported.layout, file_classes)
     return imported.model
+
+
+def reheaded(cfg: DictConfig, source: torch.nn.Module) -> torch.nn.Module:
+    """The architecture of ``cfg`` with every tensor of ``source`` whose name and shape fit.
+
+    Fine-tuning onto another label set: the classifier(s) of ``source`` have the
+    file's class count, so they are left freshly initialised (seeded by
+    ``trainer.seed``), and their names are logged; everything else is copied exactly.
+    """
+    model = factory.make_model(cfg, pretrained=False)
+    skipped = load_matching(model, source.state_dict(), f"model.init_from={cfg.model.init_from}")
+    log.info(
+        "model.init_from: new label set (%d classes): loaded %d tensors, re-initialised %d: %s",
+        cfg.model.num_classes, len(model.state_dict()) - len(skipped), len(skipped), ", ".join(skipped),
+    )  # fmt: skip
+    return model
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -176,7 +198,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     resume_path = distributed.broadcast(_resume_from(run_dir, resume) if info.is_main else None)
     torch.manual_seed(t.seed)
     if imported is not None and resume_path is None:
-        model = imported.to(device)
+        same_classes = imported.num_classes == cfg.model.num_classes
+        model = (imported if same_classes else reheaded(cfg, imported)).to(device)
     else:
         model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
     if t.sync_bn:
@@ -357,14 +380,14 @@ def hydra_main(cfg: DictConfig) -> float:
             if exc.handoff is not None:
                 exc.handoff()  # submitit: pickles the job, requeues it and exits
             raise SystemExit(exc.exit_code) from None
-        except DeepLabError as exc:
+        except (DeepLabError, OmegaConfBaseException) as exc:
             print(f"{distributed.rank_prefix(info)}Error: {user_message(exc)}", file=sys.stderr)
             raise SystemExit(1) from None
 
 
 def main() -> None:
     """``deeplab-train`` (also under ``torchrun``)."""
-    distributed.launch(hydra_main)
+    distributed.launch(partial(entry.run, hydra_main))
 
 
 if __name__ == "__main__":

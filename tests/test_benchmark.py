@@ -57,7 +57,7 @@ def test_record_has_every_key_and_ratios_are_quotients(r50: tuple[Path, dict[str
 
 
 def test_params_are_the_models_counts(r50: tuple[Path, dict[str, Any]]) -> None:
-    cfg = compose_train(["~experiment", "model=deeplabv3_resnet50", "model.pretrained=false"])
+    cfg = compose_train(["model=deeplabv3_resnet50", "model.pretrained=false"])
     ours = sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters())
     ref_model = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=21)
     reference = sum(p.numel() for p in ref_model.parameters())

@@ -131,7 +131,6 @@ def test_missing_voc_root_names_path_and_prepare_script(tmp_path: Path) -> None:
     proc = cli(
         "deeplab-train",
         f"hydra.run.dir={tmp_path / 'run'}",
-        "~experiment",
         "dataset=voc",
         "dataset.root=/nonexistent",
         "model.pretrained=false",
@@ -198,12 +197,13 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthe
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_step", ctrl_c_during_step_4)
+    before = signal.getsignal(signal.SIGINT)  # Python's Ctrl-C handler, or SIG_IGN under `nohup ... &`
     with pytest.raises(train_mod.TrainingInterrupted, match="resume=true") as info:
         train_mod.run_train(_compose(cut_dir, [*common, "trainer.val_interval=5"]))
     assert "iteration 4" in str(info.value)
     assert calls["n"] == 4, "the loop must stop after finishing the interrupted iteration"
     assert load_checkpoint(cut_dir / "checkpoints" / "last.pt")["iteration"] == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before, "the run must restore the handler it found"
     monkeypatch.setattr(train_mod, "train_step", real_step)
     train_mod.run_train(_compose(cut_dir, [*common, "resume=true"]))
 

@@ -73,8 +73,11 @@ def test_validate_rejects_impossible_values(override: str, needles: list[str]) -
 def test_default_config_is_valid_and_is_the_quickstart() -> None:
     cfg = _cfg()
     factory.validate(cfg)
-    assert cfg.dataset.name == "synthetic" and cfg.model.name == "deeplabv1_largefov"
+    assert cfg.dataset.name == "synthetic" and cfg.model.name == "quickstart" and cfg.experiment is None
     assert cfg.model.pretrained is False  # the default run must work offline
+    assert (cfg.backbone.name, cfg.backbone.width_mult, cfg.head.name, cfg.optim.name) == (
+        "vgg16", 0.25, "largefov", "adamw"
+    )
 
 
 def test_voc_experiment_is_the_paper_recipe() -> None:
@@ -119,9 +122,8 @@ def test_every_experiment_composes_and_validates(experiment: str) -> None:
     factory.validate(cfg)
     spec = factory.model_spec(cfg)
     assert spec.num_classes == cfg.dataset.num_classes
-    if experiment != "quickstart":
-        assert cfg.model.pretrained and cfg.dataset.name == "voc_aug" and cfg.optim.name == "sgd"
-        assert cfg.model.name == experiment.removesuffix("_voc")
+    assert cfg.model.pretrained and cfg.dataset.name == "voc_aug" and cfg.optim.name == "sgd"
+    assert cfg.model.name == experiment.removesuffix("_voc")
 
 
 def test_paper_recipes() -> None:

@@ -133,7 +133,7 @@ def test_flip_averages_the_mirrored_prediction_mirrored_back() -> None:
 
 @pytest.mark.parametrize("preset", ["deeplabv1_largefov", "deeplabv3_resnet50", "deeplabv3plus_mobilenet_v2"])
 def test_multiscale_tta_on_odd_image_sizes(preset: str) -> None:
-    cfg = compose_train(["~experiment", f"model={preset}", "model.pretrained=false"])
+    cfg = compose_train([f"model={preset}", "model.pretrained=false"])
     if "width_mult" in cfg.backbone:
         cfg.backbone.width_mult = 0.125
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def test_trimap_wide_band_equals_plain_miou_and_pictures_are_written(tmp_path: P
 
 def test_eval_at_output_stride_8_of_a_model_trained_at_16(tmp_path: Path, synthetic_root: Path) -> None:
     cfg = compose_train(
-        ["~experiment", f"dataset.root={synthetic_root}", "model=deeplabv3_resnet50", "model.output_stride=16"]
+        [f"dataset.root={synthetic_root}", "model=deeplabv3_resnet50", "model.output_stride=16"]
     )
     torch.manual_seed(0)
     model = factory.make_model(cfg, pretrained=False)

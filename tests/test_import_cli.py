@@ -63,10 +63,10 @@ def test_foreign_file_with_unknown_keys_is_refused_with_the_keys(tmp_path: Path)
     assert "Traceback" not in proc.stderr
 
 
-def test_caffe_bgr_preprocessing_as_dataset_config_equals_the_importers() -> None:
+def test_caffe_bgr_preprocessing_as_model_config_equals_the_importers() -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
-    cfg = CAFFE_BGR.as_dataset_config()
+    cfg = CAFFE_BGR.as_config()
     assert cfg["bgr"] is True
     from torchvision import tv_tensors
 
@@ -74,7 +74,7 @@ def test_caffe_bgr_preprocessing_as_dataset_config_equals_the_importers() -> Non
     mask = tv_tensors.Mask(torch.zeros(7, 9, dtype=torch.uint8))
     ours, _ = eval_transforms(cfg["mean"], cfg["std"], cfg["bgr"])(image, mask)
     torch.testing.assert_close(ours.as_subclass(torch.Tensor), CAFFE_BGR(rgb), rtol=1e-5, atol=1e-3)
-    rgb_cfg = IMAGENET_RGB.as_dataset_config()
+    rgb_cfg = IMAGENET_RGB.as_config()
     ours, _ = eval_transforms(rgb_cfg["mean"], rgb_cfg["std"], rgb_cfg["bgr"])(image, mask)
     torch.testing.assert_close(ours.as_subclass(torch.Tensor), IMAGENET_RGB(rgb), rtol=1e-5, atol=1e-5)
 

@@ -218,6 +218,7 @@ def test_kazuto_loads_strictly_with_its_parameter_count(kazuto) -> None:
         "name": "kazuto_deeplabv2_resnet101_msc",
         "num_classes": 21,
         "output_stride": 8,
+        "preprocess": CAFFE_BGR.as_config(),  # stored with the model: it belongs to the weights
     }
     assert kazuto.config_overrides["head"] == {"name": "aspp_v2", "form": "conv", "rates": [6, 12, 18, 24]}
     scales = kazuto.config_overrides["scales"]

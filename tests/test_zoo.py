@@ -29,6 +29,9 @@ PARAMS = {
     "deeplabv3plus_resnet101": 59_344_309,
     "deeplabv3plus_mobilenet_v2": 5_816_053,
     "deeplabv3plus_xception65": 41_055_413,  # backbone 37,867,312 = timm xception65 minus fc
+    # VGG16-BN at x0.25 width (16..128 channels): 920,784 conv + 2,112 BN; head fc6 3x3 128->256
+    # (295,168), fc7 256->256 (65,792), fc8 256->21 (5,397)
+    "quickstart": 1_289_253,
 }
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
@@ -44,14 +47,14 @@ def test_every_preset_has_a_parameter_count() -> None:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_parameter_count(preset: str) -> None:
-    model = factory.make_model(_cfg(["~experiment", f"model={preset}"]), pretrained=False)
+    model = factory.make_model(_cfg([f"model={preset}"]), pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[preset]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_logit_size(preset: str, output_stride: int) -> None:
-    cfg = _cfg(["~experiment", f"model={preset}", f"model.output_stride={output_stride}"])
+    cfg = _cfg([f"model={preset}", f"model.output_stride={output_stride}"])
     if cfg.backbone.name == "vgg16" and output_stride != 8:
         with pytest.raises(factory.ConfigError, match="output_stride"):
             factory.make_model(cfg, pretrained=False)
@@ -73,7 +76,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_two_iterations_and_evaluation(preset: str, tmp_path: Path, synthetic_root: Path) -> None:
     overrides = [
-        "~experiment", f"model={preset}", "model.pretrained=false", "dataset=synthetic",
+        f"model={preset}", "model.pretrained=false", "dataset=synthetic",
         f"dataset.root={synthetic_root}", "dataset.synthetic.num_train=4", "dataset.synthetic.num_val=2",
         "dataset.crop_size=49", "dataset.num_workers=0", "trainer.max_iters=2", "trainer.val_interval=2",
         "trainer.batch_size=2", "trainer.progress=false", "optim.lr=1e-4",
@@ -86,4 +89,4 @@ def test_two_iterations_and_evaluation(preset: str, tmp_path: Path, synthetic_ro
 @pytest.mark.parametrize("preset", ["deeplabv2_resnet101_msc", "attention_to_scale_vgg16"])
 def test_multi_scale_presets_need_two_scales(preset: str) -> None:
     with pytest.raises(factory.ConfigError, match=r"scales.factors=\[1.0\]"):
-        factory.validate(_cfg(["~experiment", f"model={preset}", "scales.factors=[1.0]"]))
+        factory.validate(_cfg([f"model={preset}", "scales.factors=[1.0]"]))

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .palette import IGNORE_INDEX, voc_palette
+from .voc import DatasetError
 
 GENERATOR_VERSION = 2
 MARKER = ".synthetic.json"
@@ -94,25 +95,64 @@ def make_sample(rng: np.random.Generator, spec: SyntheticSpec, colours: np.ndarr
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def _is_current(voc: Path, spec: SyntheticSpec) -> bool:
-    marker = voc / MARKER
-    if not marker.is_file():
-        return False
+class SyntheticRootError(DatasetError):
+    """``dataset.root`` holds files the generator did not write; it never writes there."""
+
+
+def _marker(voc: Path) -> dict | None:
+    """The generator's marker (its spec, and whether it finished), or None if it did not write ``voc``."""
     try:
-        return json.loads(marker.read_text()) == {"version": GENERATOR_VERSION, **asdict(spec)}
+        marker = json.loads((voc / MARKER).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return marker if isinstance(marker, dict) and "version" in marker else None
+
+
+def _contents(folder: Path, shown: int = 3) -> str:
+    """``N entries (a, b, c, ...)``: what a folder holds, for the refusal message."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    more = ", ..." if len(names) > shown else ""
+    return f"{len(names)} entries ({', '.join(names[:shown])}{more})"
+
+
+def check_generator_root(root: str | Path) -> Path:
+    """The ``VOC2012`` folder the generator may write: new, empty, or written by the generator before.
+
+    Anything else is someone's data: a VOC tree, a folder of photos. The generator
+    refuses it, naming the folder and what it found, so that a ``dataset.root=``
+    override on a run whose dataset is ``synthetic`` can never overwrite real files.
+    """
+    root = Path(root).expanduser()
+    voc = root / "VOC2012"
+    if _marker(voc) is not None:
+        return voc
+    if root.exists() and not root.is_dir():
+        raise SyntheticRootError(f"dataset.root={str(root)!r} is a file, not a folder; the synthetic set needs a folder.")
+    if not root.exists() or not any(root.iterdir()):
+        return voc
+    found = f"{voc} holds {_contents(voc)}" if voc.is_dir() else f"{root} holds {_contents(root)}"
+    raise SyntheticRootError(
+        f"dataset.root={str(root)!r} is not a folder the synthetic-data generator created ({found}, and no "
+        f"{MARKER} marker), so nothing was written there. The dataset of this run is 'synthetic' (the default, "
+        "or the checkpoint's). To use the data in that folder, select its dataset too, e.g. dataset=voc "
+        f"dataset.root={root}; to generate the synthetic set, point dataset.root at a new or empty folder."
+    )
 
 
 def ensure_synthetic_voc(root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Write the set under ``root/VOC2012`` unless an identical one is already there.
 
     Returns the ``VOC2012`` directory. Written files are deterministic for a given
-    spec, so two runs (or two ranks) see byte-identical data.
+    spec, so two runs (or two ranks) see byte-identical data. Only a new or empty
+    ``root``, or one the generator wrote before (its marker file, written first), is
+    ever written to; see :func:`check_generator_root`.
     """
-    voc = Path(root) / "VOC2012"
-    if _is_current(voc, spec):
+    voc = check_generator_root(root)
+    wanted = {"version": GENERATOR_VERSION, **asdict(spec)}
+    if _marker(voc) == wanted:
         return voc
+    voc.mkdir(parents=True, exist_ok=True)
+    (voc / MARKER).write_text(json.dumps({**wanted, "complete": False}))  # ours from the first file on
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
@@ -131,5 +171,5 @@ def ensure_synthetic_voc(root: str | Path, spec: SyntheticSpec = SyntheticSpec()
     lists = voc / "ImageSets" / "Segmentation"
     for split, names in (*ids.items(), ("trainval", ids["train"] + ids["val"])):
         (lists / f"{split}.txt").write_text("\n".join(names) + "\n")
-    (voc / MARKER).write_text(json.dumps({"version": GENERATOR_VERSION, **asdict(spec)}))
+    (voc / MARKER).write_text(json.dumps(wanted))
     return voc

@@ -322,6 +322,28 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, Tensor], sourc
         raise CheckpointError(f"{source} could not be loaded into the model: {str(exc).splitlines()[0]}") from exc
 
 
+def load_matching(model: torch.nn.Module, state_dict: Mapping[str, Tensor], source: str) -> list[str]:
+    """Copy every tensor of ``state_dict`` whose name and shape fit ``model``; the names left out.
+
+    For a new label set: only tensors whose shape differs (the classifiers) are left
+    as ``model`` has them. A missing or unexpected name means another architecture,
+    which is refused as :func:`load_weights` refuses it, before anything is copied.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        lines = [f"{source} is another architecture than the model its config describes; nothing was loaded:"]
+        for label, items in (("missing", missing), ("unexpected", unexpected)):
+            if items:
+                lines.append(_listing(label, items))
+        raise CheckpointError("\n".join(lines))
+    skipped = [k for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    fitting = {k: v for k, v in state_dict.items() if k not in skipped}
+    model.load_state_dict({**expected, **fitting}, strict=True)
+    return skipped
+
+
 def rng_state() -> dict[str, Any]:
     """The RNGs a training step draws from (dropout; augmentation is seeded per sample)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}

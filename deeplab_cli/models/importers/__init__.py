@@ -54,7 +54,7 @@ def _class_count(layout: Layout, state: dict[str, Any], num_classes: int | None)
 
 def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: int | None) -> Imported:
     """Rebuild from the stored config (as ``deeplab-eval`` does) and load strictly."""
-    from ...config import TrainConfig
+    from ...config import TrainConfig, migrate_stored_config
     from ...factory import model_spec
     from ..builder import build_model
     from .base import identity_rules, load_renamed, meta_build
@@ -62,7 +62,7 @@ def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: in
     if not isinstance(obj.get("config"), dict):
         raise CheckpointLayoutError(f"{OURS} checkpoint without its 'config' entry; cannot rebuild the model")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), obj["config"])
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_stored_config(obj["config"]))
     except Exception as exc:  # noqa: BLE001 - OmegaConf raises many types for a bad config
         raise CheckpointLayoutError(f"{OURS} checkpoint has an unusable config ({type(exc).__name__}: {exc})") from exc
     if num_classes is not None and num_classes != cfg.model.num_classes:
@@ -75,7 +75,8 @@ def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: in
     load_renamed(model, state_dict_of(obj), identity_rules(""), header)
     nodes = [node for node in ("model", "backbone", "head", "scales") if node in cfg]
     overrides = {node: OmegaConf.to_container(cfg[node], resolve=True) for node in nodes}
-    return Imported(model.eval(), OURS, IMAGENET_RGB, overrides, [])
+    p = cfg.model.preprocess
+    return Imported(model.eval(), OURS, Preprocess.from_config(p.mean, p.std, p.bgr), overrides, [])
 
 
 def import_checkpoint(obj: Any, *, output_stride: int | None = None, num_classes: int | None = None) -> Imported:
@@ -102,4 +103,6 @@ def import_checkpoint(obj: Any, *, output_stride: int | None = None, num_classes
     model, notes = layout.load(state, n, stride)
     if output_stride is None and not layout.stride_in_file:
         notes.append(f"the file does not record its output stride; assumed {stride} (pass output_stride= if not)")
-    return Imported(model, name, layout.preprocess, layout.config(n, stride), notes)
+    config = layout.config(n, stride)
+    config["model"] = {**config["model"], "preprocess": layout.preprocess.as_config()}  # it belongs to the weights
+    return Imported(model, name, layout.preprocess, config, notes)

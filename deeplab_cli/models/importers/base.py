@@ -61,10 +61,15 @@ class Preprocess:
     bgr: bool
     scale: float
 
-    def as_dataset_config(self) -> dict[str, Any]:
-        """The same normalisation as ``dataset.mean/std/bgr`` (our transforms scale images to 0..1 first)."""
+    def as_config(self) -> dict[str, Any]:
+        """The same normalisation as ``model.preprocess`` (our transforms scale images to 0..1 first)."""
         k = 255.0 * self.scale
         return {"mean": [m / k for m in self.mean], "std": [s / k for s in self.std], "bgr": self.bgr}
+
+    @classmethod
+    def from_config(cls, mean: Sequence[float], std: Sequence[float], bgr: bool) -> Preprocess:
+        """``model.preprocess`` (0-1 units) as a :class:`Preprocess`."""
+        return cls(tuple(mean), tuple(std), bool(bgr), 1 / 255)  # type: ignore[arg-type]
 
     def __call__(self, image: Tensor) -> Tensor:
         """Normalise an HWC (or NHWC) RGB 0..255 image (tensor or array) into the model's CHW (NCHW) input."""

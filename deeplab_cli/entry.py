@@ -1,0 +1,91 @@
+"""Console-script wrapper: a config that cannot be composed is reported in one line, not a Hydra trace.
+
+Hydra prints composition errors over several lines (the failing file, the key, the
+schema, "Set the environment variable HYDRA_FULL_ERROR=1 ..."). Users type
+``deeplab-train model=X backbone=Y``; what they need is which option or key is wrong
+and what to do. Setting ``HYDRA_FULL_ERROR=1`` yourself keeps Hydra's full report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import MOVED_TO_PREPROCESS
+
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_DROPPED = ("To append to your config use", "object_type=", "full_key:", "Set the environment variable")
+
+
+def _options(lines: list[str]) -> list[str]:
+    """Hydra's ``Available options in 'model':`` block folded into one clause."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("Available options in"):
+            choices = []
+            while i + 1 < len(lines) and re.fullmatch(r"[\w.\-]+", lines[i + 1]):
+                i += 1
+                choices.append(lines[i])
+            line = f"{line.rstrip(':')}: {', '.join(choices)}"
+        out.append(line)
+        i += 1
+    return out
+
+
+def _hint(text: str) -> str:
+    """What to do, for the errors users meet most."""
+    key = re.search(r"full_key: (\S+)", text)
+    full_key = key.group(1) if key else ""
+    node, _, leaf = full_key.partition(".")
+    if node == "dataset" and leaf in MOVED_TO_PREPROCESS:
+        return (
+            f"input normalisation belongs to the weights and moved to model.preprocess: use "
+            f"model.preprocess.{leaf}=... (it is stored in checkpoints; a dataset= override never changes it)"
+        )
+    if full_key and "not in '" in text:
+        return (
+            f"{full_key} is not a setting of the selected {node or 'config'} option; check the spelling, or choose "
+            "options that go together (README: Configuration lists the keys of each group)"
+        )
+    missing = re.search(r"Missing mandatory value: (\S+)", text)
+    if missing:
+        return f"pass {missing.group(1)}=..."
+    if "Could not find" in text or "Could not load" in text:
+        return "pick one of the available options (README: Configuration)"
+    return ""
+
+
+def one_line(exc: BaseException) -> str:
+    """A Hydra/OmegaConf error as one line: what failed, where, and the fix."""
+    text = str(exc)
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
+        text = f"{text}\n{cause}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = _options([line for line in lines if not line.startswith(_DROPPED)])
+    message = " ".join(line if line.endswith((".", ":")) else f"{line}." for line in lines)
+    hint = _hint(text)
+    return f"{message} Fix: {hint}." if hint else message
+
+
+def run(hydra_main: Callable[[], object]) -> None:
+    """Call a ``@hydra.main`` function; composition and config-value errors exit 1 with :func:`one_line`."""
+    keep_trace = os.environ.get(_FULL_ERROR) == "1"
+    os.environ[_FULL_ERROR] = "1"  # Hydra then raises instead of printing its own report
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if keep_trace:
+            raise
+        print(f"Error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if not keep_trace:
+            os.environ.pop(_FULL_ERROR, None)
