@@ -26,6 +26,7 @@ from .data.voc import DatasetError, skipped_samples
 from .engine import distributed, slurm
 from .engine.checkpoint import (
     CheckpointError,
+    atomic_link,
     atomic_save,
     check_writable,
     load_checkpoint,
@@ -301,10 +302,11 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
             if it % t.val_interval == 0 or it == t.max_iters:
                 metrics = validate_model(model, cfg, device, tb, it, run_dir, final=it == t.max_iters)
                 log.info("iteration %d: val mIoU %.2f", it, metrics["mIoU"])
-                if metrics["mIoU"] > progress.best:
-                    progress.best = metrics["mIoU"]
-                    save("best.pt", it)
+                improved = metrics["mIoU"] > progress.best
+                progress.best = max(progress.best, metrics["mIoU"])
                 save("last.pt", it)
+                if improved and info.is_main:
+                    atomic_link(last, last.parent / "best.pt")  # the same bytes: no second write
             elif it % every == 0:
                 save("last.pt", it)
             if distributed.any_rank(stop.requested is not None) and it < t.max_iters:

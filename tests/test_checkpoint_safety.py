@@ -365,3 +365,22 @@ def test_allowlist_is_scoped_to_each_load(tmp_path: Path) -> None:
     torch.save({"epoch": np.int64(3)}, path)
     assert load_checkpoint(path)["epoch"] == 3
     assert not any(g in torch.serialization.get_safe_globals() for g in SAFE_GLOBALS)
+
+
+def test_best_is_a_link_to_last_not_a_second_write(tmp_path: Path, monkeypatch) -> None:
+    from deeplab_cli.engine.checkpoint import atomic_link
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    atomic_save({"iteration": 2, "w": torch.ones(3)}, last)
+    atomic_link(last, best)
+    assert best.stat().st_ino == last.stat().st_ino
+    atomic_save({"iteration": 4, "w": torch.zeros(3)}, last)  # a later, worse validation: last moves on
+    assert load_checkpoint(best)["iteration"] == 2 and load_checkpoint(last)["iteration"] == 4
+
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # e.g. a file system without hard links: a copy
+    atomic_link(last, best)
+    assert best.stat().st_ino != last.stat().st_ino and load_checkpoint(best)["iteration"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

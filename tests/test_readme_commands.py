@@ -15,6 +15,7 @@ import importlib.util
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,7 @@ SHRINK = {
 
 #: Sweeps shrunk to a job or two (the sweep's own parameters, overridden from the command line).
 SWEEP_SHRINK = {
-    "+sweep=crf_grid": [
-        "hydra.sweeper.params.crf.bi_w=4", "hydra.sweeper.params.crf.bi_xy_std=65",
-        "hydra.sweeper.params.crf.bi_rgb_std=3,4",
-    ],
+    "+sweep=crf_grid": ["crf.bi_w=4", "crf.bi_xy_std=65", "crf.bi_rgb_std=3,4"],  # the command line wins
     "+sweep=crf_optuna": ["hydra.sweeper.n_trials=2"],
 }  # fmt: skip
 
@@ -189,11 +187,13 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
             extra.append(f"hydra.run.dir={tmp_path / 'runs' / str(ran)}")
         if "-m" in args:
             extra.append(f"hydra.sweep.dir={tmp_path / 'sweeps' / str(ran)}")
+        start = time.perf_counter()
         if program == "scripts/benchmark.py":
             extra.append(f"out={tmp_path / 'bench' / f'{ran}.json'}")
             proc = cli("python", str(REPO / "scripts" / "benchmark.py"), *args, *extra, cwd=tmp_path)
         else:
             proc = cli(program, *args, *extra, cwd=tmp_path)
+        print(f"{time.perf_counter() - start:6.1f} s  {command}")
         assert proc.returncode == 0, f"README: {command}\nran: {program} {args} {extra}\n{proc.stderr[-3000:]}"
         ran += 1
         for name, path in data.items():

@@ -13,6 +13,7 @@ import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
@@ -133,6 +134,31 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             raise
         raise _write_error(path, os_error) from exc
     _fsync_dir(path.parent)
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` the same checkpoint as ``src`` without writing it twice: a hard link (a copy where
+    the file system has none), under a temporary name renamed over ``dst``.
+
+    ``best.pt`` saved at the iteration ``last.pt`` was just saved is the same bytes; a later
+    ``atomic_save`` of ``last.pt`` renames a new file over it, so the link keeps the old one.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.link.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network or FAT file systems): copy
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise _write_error(dst, exc) from exc
+    _fsync_dir(dst.parent)
 
 
 def _write_error(path: Path, exc: OSError) -> CheckpointError:
