@@ -64,13 +64,6 @@ def test_generator_refuses_a_folder_of_photos(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def voc_root(tmp_path_factory) -> Path:
-    if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
-    return voc_copy(tmp_path_factory.mktemp("voc"))
-
-
-@pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, voc_root: Path) -> dict[str, Path]:
     """A quickstart checkpoint trained on the synthetic set and one trained on the VOC copy."""
     cwd = tmp_path_factory.mktemp("runs")

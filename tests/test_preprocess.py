@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clitools import VOC_SAMPLE, tree_digest, voc_copy
+from clitools import VOC_SAMPLE, tree_digest
 from hydra_compose import compose_train
 from PIL import Image
 
@@ -32,13 +32,6 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     ensure_synthetic_voc(root, SyntheticSpec(num_train=2, num_val=1))
     return root
-
-
-@pytest.fixture(scope="module")
-def voc_root(tmp_path_factory) -> Path:
-    if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
-    return voc_copy(tmp_path_factory.mktemp("voc"))
 
 
 @pytest.fixture(scope="module")
