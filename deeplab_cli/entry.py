@@ -19,7 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import MOVED_TO_PREPROCESS
 
 _FULL_ERROR = "HYDRA_FULL_ERROR"
-_DROPPED = ("To append to your config use", "object_type=", "full_key:", "Set the environment variable")
+_DROPPED = (
+    "To append to your config use", "object_type=", "full_key:", "reference_type=", "Set the environment variable",
+)  # fmt: skip
 
 
 def _options(lines: list[str]) -> list[str]:
@@ -68,11 +70,14 @@ def one_line(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
         text = f"{text}\n{cause}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text_before_search_path = text.split("Config search path:")[0]  # Hydra's list of config folders
+    lines = [line.strip() for line in text_before_search_path.splitlines() if line.strip()]
     lines = _options([line for line in lines if not line.startswith(_DROPPED)])
     message = " ".join(line if line.endswith((".", ":")) else f"{line}." for line in lines)
     hint = _hint(text)
-    return f"{message} Fix: {hint}." if hint else message
+    if not hint:
+        return message
+    return f"{message} Fix: {hint}" + ("" if hint.endswith(".") else ".")
 
 
 def run(hydra_main: Callable[[], object]) -> None:

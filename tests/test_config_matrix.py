@@ -56,7 +56,7 @@ def test_every_experiment_composes_with_dataset_and_model_overrides(experiment: 
 def _one_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
-    assert "HYDRA_FULL_ERROR" not in stderr and "Traceback" not in stderr
+    assert "HYDRA_FULL_ERROR" not in stderr and "Traceback" not in stderr and "search path" not in stderr
     return lines[0]
 
 
