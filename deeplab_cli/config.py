@@ -8,7 +8,7 @@ heads) register their own schema and select it from their YAML defaults list.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -256,7 +256,7 @@ def migrate_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
     if moved:
         stored["dataset"] = dataset
         model = dict(stored.get("model") or {})
-        model.setdefault("preprocess", {**PreprocessConfig().__dict__, **moved})
+        model.setdefault("preprocess", {**asdict(PreprocessConfig()), **moved})
         stored["model"] = model
     return stored
 

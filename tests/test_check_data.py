@@ -200,3 +200,32 @@ def test_require_clean_names_files_and_command(broken) -> None:
     many = [Problem("missing_image", f"/x/{i}.jpg", "gone") for i in range(13)]
     with pytest.raises(DataCheckError, match=r"and 3 more"):
         require_clean(many, "train", command)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset.split=val"], "val"),
+        (["dataset.split=[train,val]"], ["train", "val"]),
+        (["splits=[val]"], ["val"]),
+        (["splits=[val]", "dataset.split=val"], "val"),  # the same split named twice: fine
+    ],
+)
+def test_dataset_split_is_an_alias_of_splits(overrides: list[str], expected) -> None:
+    from hydra_compose import compose_train
+
+    from deeplab_cli.check_data import requested_splits
+
+    cfg = compose_train(overrides, config_name="check_data")
+    assert requested_splits(cfg) == expected
+
+
+def test_splits_and_dataset_split_that_disagree_is_an_error() -> None:
+    from hydra_compose import compose_train
+
+    from deeplab_cli.check_data import requested_splits
+    from deeplab_cli.errors import ConfigError
+
+    cfg = compose_train(["splits=[train]", "dataset.split=val"], config_name="check_data")
+    with pytest.raises(ConfigError, match=r"splits=\['train'\] and dataset.split=val disagree; give one of them"):
+        requested_splits(cfg)
