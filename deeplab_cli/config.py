@@ -130,13 +130,32 @@ class SyntheticConfig:
 
 @dataclass
 class DatasetConfig:
+    """Where the images and masks are, what mask values mean, and how training crops them.
+
+    The layout keys (``image_dir``, ``mask_dir``, suffixes, ``split_list``) default to
+    VOC's; ``{split}`` in them stands for the split name. ``split_list: null`` pairs
+    every image under ``image_dir`` with the mask of the same relative stem. The
+    label keys map stored mask values to classes (see ``data/labels.py``).
+    """
+
     name: str = MISSING
     root: str = MISSING
+    family: str = "generic"  # voc | cityscapes | ade20k | camvid | generic: root lookup, prepare hint, export
     train_split: str = "train"
     val_split: str = "val"
+    test_split: str = "test"
+    image_dir: str = "JPEGImages"
     mask_dir: str = "SegmentationClass"
+    image_suffix: str = ".jpg"
+    mask_suffix: str = ".png"
+    split_list: Optional[str] = "ImageSets/Segmentation/{split}.txt"
     num_classes: int = 21
+    label_map: Optional[dict[int, int]] = None
+    reduce_zero_label: bool = False
+    ignore_values: list[int] = field(default_factory=list)
+    color_map: Optional[Any] = None
     class_names: Optional[list[str]] = None
+    palette: Optional[list[list[int]]] = None
     crop_size: int = 321
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     flip: bool = True
@@ -245,13 +264,17 @@ MOVED_TO_PREPROCESS = ("mean", "std", "bgr")
 
 
 def migrate_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config in today's layout (a copy): ``dataset.mean/std/bgr`` become ``model.preprocess``.
+    """A checkpoint's config in today's layout (a copy): ``dataset.mean/std/bgr`` become ``model.preprocess``,
+    and a dataset without ``family`` is VOC's (the only layout before there was a choice).
 
     Checkpoints written before preprocessing moved to the model keep their
     normalisation this way; a config that already has ``model.preprocess`` wins.
     """
     stored = {**stored}
     dataset = dict(stored.get("dataset") or {})
+    if dataset and "family" not in dataset:  # written before other layouts existed: VOC's
+        dataset["family"] = "voc"
+        stored["dataset"] = dataset
     moved = {k: dataset.pop(k) for k in MOVED_TO_PREPROCESS if k in dataset}
     if moved:
         stored["dataset"] = dataset

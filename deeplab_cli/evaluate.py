@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -21,9 +22,9 @@ from PIL import Image
 from . import entry, factory
 from ._paths import config_dir
 from .config import TrainConfig, migrate_stored_config, register_configs
-from .data import voc_export
-from .data.palette import voc_palette
-from .data.voc import skipped_samples
+from .data import label_export, voc_export
+from .data.palette import voc_colormap
+from .data.segmentation import skipped_samples
 from .engine import distributed
 from .engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 from .engine.logger import TensorBoardLogger, format_table
@@ -93,11 +94,13 @@ def merge_overrides(stored: dict[str, Any], cfg: DictConfig, overrides: list[str
     return merged
 
 
-def save_prediction(out_dir: Path, image_id: str, pred: torch.Tensor) -> None:
-    """A VOC-palette PNG of the image's size."""
+def save_prediction(out_dir: Path, image_id: str, pred: torch.Tensor, palette: np.ndarray) -> None:
+    """A palette PNG of the image's size (``image_id`` may hold sub-folders, as Cityscapes' ``city/name``)."""
     img = Image.fromarray(pred.to(torch.uint8).cpu().numpy(), mode="P")
-    img.putpalette(voc_palette())
-    img.save(out_dir / f"{image_id}.png")
+    img.putpalette(palette.reshape(-1).tolist())
+    path = out_dir / f"{image_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
 
 
 def _user_output_stride(overrides: list[str]) -> int | None:
@@ -156,19 +159,28 @@ def make_cache(cfg: DictConfig, train_cfg: DictConfig, dataset, settings: EvalSe
     return ProbabilityCache(cfg.eval.cache_dir, key)
 
 
-def _output_hook(cfg: DictConfig, run_dir: Path, dataset, final_stage: str) -> PredictionHook:
-    """Writes the final prediction (CRF's when it runs) as palette PNGs where asked."""
+def _output_hook(cfg: DictConfig, train_cfg: DictConfig, run_dir: Path, dataset, final_stage: str) -> PredictionHook:
+    """Writes the final prediction (CRF's when it runs) where asked: palette PNGs under ``predictions/``,
+    and the export format's files (``voc_test``: VOC palette PNGs; ``labels``: the dataset's stored values)."""
     pred_dir = run_dir / "predictions" if cfg.save_predictions else None
-    export_dir = voc_export.results_dir(run_dir) if cfg.eval.export == "voc_test" else None
+    export = cfg.eval.export
+    voc_dir = voc_export.results_dir(run_dir) if export == "voc_test" else None
+    labels_dir = label_export.results_dir(run_dir) if export == "labels" else None
+    inverse = factory.label_mapping(train_cfg.dataset).inverse() if labels_dir is not None else None
+    colours = factory.palette(train_cfg)
     if pred_dir is not None:
         pred_dir.mkdir(parents=True, exist_ok=True)
 
     def hook(index: int, pred: torch.Tensor, target: torch.Tensor, stage: str) -> None:
         if stage != final_stage:
             return
-        for out in (pred_dir, export_dir):
-            if out is not None:
-                save_prediction(out, dataset.ids[index], pred)
+        stem = dataset.ids[index]
+        if pred_dir is not None:
+            save_prediction(pred_dir, stem, pred, colours)
+        if voc_dir is not None:
+            save_prediction(voc_dir, stem, pred, voc_colormap())
+        if labels_dir is not None and inverse is not None:
+            label_export.save_raw_labels(labels_dir, stem, train_cfg.dataset.mask_suffix, pred, inverse)
 
     return hook
 
@@ -208,7 +220,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     device = distributed.device_for(factory.select_device(train_cfg.trainer.device), info)
     model.to(device)
     export = cfg.eval.export
-    split = cfg.eval.split or ("test" if export else None)
+    split = cfg.eval.split or (train_cfg.dataset.test_split if export else None)
     dataset = factory.make_eval_dataset(train_cfg, split, require_masks=export is None, skip_log=run_dir / SKIP_LOG)
     has_targets = export is None or dataset.has_masks()
     trimap = settings.trimap if has_targets else ()  # no ground truth, no boundaries
@@ -219,7 +231,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     model = to_memory_format(model, t.channels_last)
     cache = make_cache(cfg, train_cfg, dataset, settings)
-    hook = _output_hook(cfg, run_dir, dataset, "crf" if settings.crf is not None else "network")
+    hook = _output_hook(cfg, train_cfg, run_dir, dataset, "crf" if settings.crf is not None else "network")
     result = run_evaluation(model, dataset, device, settings, cache, hook)
     result.all_reduce()
     distributed.barrier()  # every rank's prediction PNGs and skipped-sample lines are on disk
@@ -250,7 +262,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.warning("%d bad samples were skipped: %s", skipped["count"], "; ".join(skipped["errors"]))
     if export:
         metrics["export"] = {"format": export, "archive": str(voc_export.archive_results(run_dir))}
-        log.info("VOC server files: %s (upload %s)", voc_export.results_dir(run_dir), metrics["export"]["archive"])
+        log.info("results server files: %s (upload %s)", run_dir / "results", metrics["export"]["archive"])
     if has_targets and cfg.eval.plots:
         _pictures(run_dir, result, train_cfg, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -270,7 +282,7 @@ def _pictures(run_dir: Path, result: EvalResult, train_cfg: DictConfig, metrics:
         trimap[label] = {int(w): v for w, v in metrics["trimap_miou"].items()}
         plain[label] = metrics["mIoU"]
     matrix = result.crf.matrix if result.crf is not None else result.network.matrix
-    tb = TensorBoardLogger(run_dir / "tensorboard")
+    tb = TensorBoardLogger(run_dir / "tensorboard", palette=factory.palette(train_cfg))
     try:
         save_pictures(run_dir / "plots", tb, 0, matrix, names, metrics, trimap or None, plain or None)
     finally:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from .data.check import Problem, check_command, check_split, require_clean
-from .data.collate import collate_kept
-from .data.palette import VOC_CLASSES
-from .data.sampler import IterationBatchSampler
-from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from .data.transforms import eval_transforms, train_transforms
-from .data.voc import ON_ERROR, VOCSegmentation, resolve_voc_dir
+from .data.segmentation import ON_ERROR, SegmentationDataset
+from .data_factory import (  # noqa: F401 - the data half of the factory, re-exported for the entry points
+    check_dataset_lists,
+    class_names,
+    dataset_layout,
+    dataset_root,
+    label_mapping,
+    layout_for,
+    make_eval_dataset,
+    make_train_loader,
+    normalisation,
+    palette,
+    validate_dataset,
+)
 from .engine import distributed
 from .engine.losses import LABEL_POLICIES
 from .engine.metrics import compute_metrics
@@ -51,6 +56,7 @@ def validate(cfg: DictConfig) -> None:
     lo, hi = cfg.dataset.scale_range
     if not 0 < lo <= hi:
         raise ConfigError(f"dataset.scale_range={[lo, hi]} must satisfy 0 < low <= high.")
+    validate_dataset(cfg)
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
@@ -89,14 +95,6 @@ def _validate_scales(cfg: DictConfig) -> None:
         raise ConfigError(f"scales.fusion={sc.fusion!r} is unknown; choose one of {', '.join(fusions)}.")
 
 
-def class_names(cfg: DictConfig) -> list[str]:
-    """``dataset.class_names`` if given, else VOC's names (or numbers past 21)."""
-    if cfg.dataset.class_names:
-        return list(cfg.dataset.class_names)
-    n = cfg.dataset.num_classes
-    return list(VOC_CLASSES[:n]) + [f"class_{i}" for i in range(len(VOC_CLASSES), n)]
-
-
 def model_spec(cfg: DictConfig) -> ModelSpec:
     """Architecture arguments from the ``model``, ``backbone`` and ``head`` nodes."""
     backbone: dict[str, Any] = OmegaConf.to_container(cfg.backbone, resolve=True)  # type: ignore[assignment]
@@ -112,46 +110,9 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
     )
 
 
-def normalisation(cfg: DictConfig) -> tuple[list[float], list[float], bool]:
-    """``(mean, std, bgr)`` of ``model.preprocess``: what the weights expect, whatever the dataset."""
-    p = cfg.model.preprocess
-    return list(p.mean), list(p.std), bool(p.bgr)
-
-
 def make_model(cfg: DictConfig, pretrained: bool | None = None) -> DeepLab:
     use_pretrained = cfg.model.pretrained if pretrained is None else pretrained
     return build_model(model_spec(cfg), pretrained=use_pretrained, weights_file=cfg.model.weights)
-
-
-def dataset_root(cfg: DictConfig) -> str:
-    """The dataset root, generating the synthetic set on first use."""
-    if cfg.dataset.synthetic is not None:
-        spec = SyntheticSpec(num_classes=cfg.dataset.num_classes, **cfg.dataset.synthetic)
-        ensure_synthetic_voc(cfg.dataset.root, spec)
-    return cfg.dataset.root
-
-
-#: Problems no ``dataset.on_error=skip`` can work around.
-_FATAL_KINDS = ("missing_list", "empty_list", "missing_dir")
-
-
-def check_dataset_lists(cfg: DictConfig) -> list[Problem]:
-    """The cheap check before training: split lists exist, are not empty, have no duplicates,
-    and every listed image and mask exists (no decoding; milliseconds for VOC's 10,582 ids).
-
-    With ``dataset.on_error=skip`` only problems that skipping cannot fix raise; the rest
-    are returned for a warning and handled sample by sample.
-    """
-    d = cfg.dataset
-    voc_dir = resolve_voc_dir(dataset_root(cfg))
-    found: list[Problem] = []
-    for split in dict.fromkeys([d.train_split, d.val_split]):
-        problems = check_split(voc_dir, split, d.mask_dir, d.num_classes, deep=False)
-        if d.on_error == "skip":
-            found += problems
-            problems = [p for p in problems if p.kind in _FATAL_KINDS]
-        require_clean(problems, split, check_command(d.name, d.root, [split]))
-    return found
 
 
 def validate_distributed(cfg: DictConfig, world_size: int, device: torch.device) -> None:
@@ -171,70 +132,6 @@ def validate_distributed(cfg: DictConfig, world_size: int, device: torch.device)
         )
 
 
-def make_train_loader(
-    cfg: DictConfig, start_iter: int, skip_log: Path | None = None, rank: int = 0, world_size: int = 1
-) -> DataLoader:
-    """Iteration-based loader: yields ``max_iters * accumulate`` micro-batches from ``start_iter``.
-
-    With ``world_size`` processes each takes ``batch_size / world_size`` samples of
-    every global batch (the same samples and augmentation seeds a single process uses).
-
-    Under ``dataset.on_error=skip`` a bad sample is dropped from its batch (and logged
-    to ``skip_log``); a batch of only bad samples comes out as None.
-    """
-    d, t = cfg.dataset, cfg.trainer
-    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, *normalisation(cfg))
-    dataset = VOCSegmentation(
-        dataset_root(cfg),
-        d.train_split,
-        d.mask_dir,
-        transforms,
-        num_classes=d.num_classes,
-        on_error=d.on_error,
-        skip_log=skip_log,
-    )
-    if len(dataset) < t.batch_size:
-        raise ConfigError(
-            f"trainer.batch_size={t.batch_size} is larger than the training split {d.train_split!r} "
-            f"({len(dataset)} images under {dataset_root(cfg)}); lower trainer.batch_size or use a larger split."
-        )
-    sampler = IterationBatchSampler(
-        len(dataset),
-        t.batch_size // world_size,
-        t.max_iters * t.accumulate,
-        start=start_iter * t.accumulate,
-        seed=t.seed,
-        rank=rank,
-        world_size=world_size,
-    )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=d.num_workers,
-        collate_fn=collate_kept,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(t.seed),  # never draw from the global RNG (dropout's)
-    )
-
-
-def make_eval_dataset(
-    cfg: DictConfig, split: str | None = None, require_masks: bool = True, skip_log: Path | None = None
-) -> VOCSegmentation:
-    """Whole images of ``split`` (default ``dataset.val_split``), the first ``dataset.subset`` of them."""
-    d = cfg.dataset
-    return VOCSegmentation(
-        dataset_root(cfg),
-        split or d.val_split,
-        d.mask_dir,
-        eval_transforms(*normalisation(cfg)),
-        subset=d.subset,
-        require_masks=require_masks,
-        num_classes=d.num_classes,
-        on_error=d.on_error,
-        skip_log=skip_log,
-    )
-
-
 def split_metrics(matrix: Tensor, cfg: DictConfig, num_images: int) -> dict[str, Any]:
     """``compute_metrics`` plus the image count and the raw confusion matrix (rows: ground truth)."""
     metrics = compute_metrics(matrix, class_names(cfg))
@@ -246,7 +143,7 @@ def split_metrics(matrix: Tensor, cfg: DictConfig, num_images: int) -> dict[str,
 def evaluate_split(
     model: DeepLab,
     cfg: DictConfig,
-    dataset: VOCSegmentation,
+    dataset: SegmentationDataset,
     device: torch.device,
     num_workers: int,
     on_prediction: PredictionHook | None = None,
@@ -272,7 +169,7 @@ def evaluate_split(
     return split_metrics(result.network.matrix, cfg, result.images)
 
 
-EXPORTS = ("voc_test",)
+EXPORTS = ("voc_test", "labels")
 CACHE_MODES = ("auto", "true", "false")
 
 

@@ -31,19 +31,26 @@ log = logging.getLogger("deeplab_cli.predict")
 register_configs()
 
 
-def overlay(image: np.ndarray, pred: np.ndarray, alpha: float) -> np.ndarray:
-    """The image with class colours blended in at ``alpha``; background (class 0) left as it is."""
-    colours = colorize(pred).astype(np.float32)
+def overlay(
+    image: np.ndarray, pred: np.ndarray, alpha: float, palette: np.ndarray | None = None, keep_background: bool = True
+) -> np.ndarray:
+    """The image with class colours blended in at ``alpha``; with ``keep_background`` class 0
+    ("background", as in VOC) is left as it is, else every class is coloured (road scenes)."""
+    colours = colorize(pred, palette).astype(np.float32)
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    if not keep_background:
+        return blended.round().astype(np.uint8)
     return np.where((pred > 0)[..., None], blended, image).round().astype(np.uint8)
 
 
-def _writer(dataset: ImageFiles, out_dir: Path, alpha: float, final_stage: str) -> PredictionHook:
+def _writer(
+    dataset: ImageFiles, out_dir: Path, alpha: float, final_stage: str, palette: np.ndarray, keep_background: bool
+) -> PredictionHook:
     def write(index: int, pred: torch.Tensor, target: torch.Tensor, stage: str) -> None:
         if stage != final_stage:
             return
-        save_prediction(out_dir, dataset.ids[index], pred)
-        mixed = overlay(dataset.load_rgb(index), pred.cpu().numpy().astype(np.uint8), alpha)
+        save_prediction(out_dir, dataset.ids[index], pred, palette)
+        mixed = overlay(dataset.load_rgb(index), pred.cpu().numpy().astype(np.uint8), alpha, palette, keep_background)
         Image.fromarray(mixed).save(out_dir / f"{dataset.ids[index]}_overlay.jpg", quality=90)
 
     return write
@@ -70,7 +77,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     )
     dataset = ImageFiles(files, eval_transforms(*factory.normalisation(train_cfg)))
     final_stage = "crf" if settings.crf is not None else "network"
-    hook = _writer(dataset, out_dir, cfg.overlay_alpha, final_stage)
+    background = factory.class_names(train_cfg)[0].lower() == "background"
+    hook = _writer(dataset, out_dir, cfg.overlay_alpha, final_stage, factory.palette(train_cfg), background)
     result = run_evaluation(model, dataset, device, settings, on_prediction=hook)
     log.info("wrote %d masks and overlays to %s in %.1f s", len(dataset), out_dir, result.seconds)
     print(f"{len(dataset)} images -> {out_dir}")

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from . import entry, factory
 from ._paths import config_dir
 from .config import register_configs
-from .data.voc import DatasetError, skipped_samples
+from .data.layout import DatasetError
+from .data.segmentation import skipped_samples
 from .engine import distributed, slurm
 from .engine.checkpoint import (
     CheckpointError,
@@ -226,7 +227,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             scaler.load_state_dict(state["scaler"])
         start, best = int(state["iteration"]), float(state["best_miou"])
         log.info("resumed from %s at iteration %d", resume_path, start)
-    tb = TensorBoardLogger(run_dir / "tensorboard", enabled=info.is_main)
+    tb = TensorBoardLogger(run_dir / "tensorboard", enabled=info.is_main, palette=factory.palette(cfg))
     try:
         metrics = _loop(model, (optimizer, scheduler, scaler), cfg, start, best, tb, run_dir, device)
         if not metrics:  # resumed a finished run: nothing trained, report its validation

@@ -23,6 +23,8 @@ from deeplab_cli.data.check import (
     rgb_to_index,
     summarize,
 )
+from deeplab_cli.data.labels import LabelMapping
+from deeplab_cli.data.layout import Layout
 from deeplab_cli.data.palette import voc_colormap, voc_palette
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_sample" / "VOC2012"
@@ -66,7 +68,7 @@ def plant_problems(voc: Path) -> dict[tuple[str, str], str]:
         ("missing_mask", str(png / "2011_000006.png")): "train.txt",
         ("unreadable_image", str(jpg / "2011_000025.jpg")): "truncated",
         ("size_mismatch", str(png / "2007_000033.png")): "the mask is 500x346 but the image",
-        ("bad_mask_values", str(png / "2007_000042.png")): "values 42 outside 0..20",
+        ("bad_mask_values", str(png / "2007_000042.png")): "value(s) 42 that are neither a class nor ignored",
         ("rgb_mask", str(png / "2007_000061.png")): "rgb_to_index",
     }
 
@@ -147,16 +149,16 @@ def test_rgb_to_index_round_trip() -> None:
 
 def test_cheap_check_finds_lists_and_missing_files_only(broken) -> None:
     voc, expected = broken
-    cheap = check_split(voc, "train", "SegmentationClass", 21, deep=False)
+    cheap = check_split(Layout(voc), "train", LabelMapping(21), deep=False).problems
     assert {(p.kind, p.path) for p in cheap} == {
         k for k in expected if k[0] in ("duplicate_id", "missing_image", "missing_mask")
     }
-    assert check_split(voc, "val", "SegmentationClass", 21, deep=False) == []
+    assert check_split(Layout(voc), "val", LabelMapping(21), deep=False).problems == []
 
 
 def test_deep_check_single_thread(broken) -> None:
     voc, expected = broken
-    problems = check_split(voc, "val", "SegmentationClass", 21, workers=1)
+    problems = check_split(Layout(voc), "val", LabelMapping(21), workers=1).problems
     assert summarize(problems) == {"rgb_mask": 1, "size_mismatch": 1, "bad_mask_values": 1}
     assert {(p.kind, p.path) for p in problems} <= set(expected)
 
@@ -164,9 +166,9 @@ def test_deep_check_single_thread(broken) -> None:
 def test_empty_and_missing_split_lists(broken) -> None:
     voc, _ = broken
     lists = voc / "ImageSets" / "Segmentation"
-    empty = check_split(voc, "empty", "SegmentationClass", 21)
+    empty = check_split(Layout(voc), "empty", LabelMapping(21)).problems
     assert empty == [Problem("empty_list", str(lists / "empty.txt"), empty[0].reason)]
-    missing = check_split(voc, "nope", "SegmentationClass", 21)
+    missing = check_split(Layout(voc), "nope", LabelMapping(21)).problems
     assert [p.kind for p in missing] == ["missing_list"] and missing[0].path == str(lists / "nope.txt")
     assert "empty, train, trainval, val" in missing[0].reason
     report = format_report(empty + missing, {"empty": 0, "nope": 0})
@@ -181,14 +183,14 @@ def test_rgb_mask_with_foreign_colours(tmp_path) -> None:
     Image.new("RGB", (8, 6), (10, 20, 30)).save(voc / "JPEGImages" / "a.jpg")
     Image.new("RGB", (8, 6), (1, 2, 3)).save(voc / "SegmentationClass" / "a.png")
     (voc / "ImageSets" / "Segmentation" / "x.txt").write_text("a\n")
-    [problem] = check_split(voc, "x", "SegmentationClass", 21)
+    [problem] = check_split(Layout(voc), "x", LabelMapping(21)).problems
     assert problem.kind == "rgb_mask" and "(1, 2, 3)" in problem.reason and "class indices" in problem.reason
 
 
 def test_require_clean_names_files_and_command(broken) -> None:
     voc, expected = broken
     require_clean([], "train", "unused")
-    cheap = check_split(voc, "train", "SegmentationClass", 21, deep=False)
+    cheap = check_split(Layout(voc), "train", LabelMapping(21), deep=False).problems
     command = check_command("voc", voc.parent, ["train"])
     with pytest.raises(DataCheckError) as info:
         require_clean(cheap, "train", command)

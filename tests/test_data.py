@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import tv_tensors
 
+from deeplab_cli.data.labels import LabelMapping
+from deeplab_cli.data.layout import DatasetError
 from deeplab_cli.data.sampler import IterationBatchSampler
+from deeplab_cli.data.segmentation import load_mask
 from deeplab_cli.data.synthetic import MARKER, SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.transforms import (
     IMAGENET_MEAN,
@@ -21,7 +24,7 @@ from deeplab_cli.data.transforms import (
     eval_transforms,
     train_transforms,
 )
-from deeplab_cli.data.voc import DatasetError, VOCSegmentation, load_mask, read_split, resolve_voc_dir
+from deeplab_cli.data.voc import read_split, resolve_voc_dir, voc_dataset
 from deeplab_cli.engine.losses import resize_labels, segmentation_loss, total_loss
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc_sample"
@@ -220,7 +223,7 @@ def test_eval_transforms_keep_size_and_labels():
 
 def test_transforms_never_invent_labels_on_real_mask(voc_sample):
     voc = voc_sample / "VOC2012"
-    mask_np = load_mask(voc / "SegmentationClass" / "2011_003066.png")
+    mask_np = load_mask(voc / "SegmentationClass" / "2011_003066.png", LabelMapping(21))
     classes = set(np.unique(mask_np).tolist())
     assert classes == {0, 5, 9, 11, 15, 255}
     with Image.open(voc / "JPEGImages" / "2011_003066.jpg") as img:
@@ -245,14 +248,14 @@ def test_resolve_voc_dir_accepts_any_parent(voc_sample, tmp_path):
     os.symlink(voc, tmp_path / "VOCdevkit" / "VOC2012")
     assert resolve_voc_dir(tmp_path) == tmp_path / "VOCdevkit" / "VOC2012"
     assert resolve_voc_dir(tmp_path / "VOCdevkit") == tmp_path / "VOCdevkit" / "VOC2012"
-    assert len(VOCSegmentation(tmp_path, "val")) == 8
+    assert len(voc_dataset(tmp_path, "val")) == 8
 
 
 def test_voc_sample_splits_and_items(voc_sample):
-    val = VOCSegmentation(voc_sample, "val")
-    train = VOCSegmentation(voc_sample / "VOC2012", "train")
+    val = voc_dataset(voc_sample, "val")
+    train = voc_dataset(voc_sample / "VOC2012", "train")
     assert len(val) == 8 and len(train) == 4
-    assert len(VOCSegmentation(voc_sample, "trainval")) == 12
+    assert len(voc_dataset(voc_sample, "trainval")) == 12
     assert val.ids[0] == "2007_000033" and train.ids[0] == "2011_000003"
     assert not set(val.ids) & set(train.ids)
     for ds in (val, train):
@@ -275,14 +278,14 @@ def test_voc_sample_splits_and_items(voc_sample):
 
 
 def test_voc_sample_with_train_transforms_is_seeded(voc_sample):
-    ds = VOCSegmentation(voc_sample, "train", transforms=train_transforms(97, scale_range=(0.5, 1.5)))
+    ds = voc_dataset(voc_sample, "train", transforms=train_transforms(97, scale_range=(0.5, 1.5)))
     image, mask, index = ds[(2, 1234)]
     image2, mask2, _ = ds[(2, 1234)]
     assert index == 2
     assert image.shape == (3, 97, 97) and image.dtype == torch.float32
     assert mask.shape == (97, 97) and mask.dtype == torch.int64
     assert torch.equal(image, image2) and torch.equal(mask, mask2)
-    raw = set(np.unique(load_mask(ds.mask_path(2))).tolist())
+    raw = set(np.unique(load_mask(ds.mask_path(2), LabelMapping(21))).tolist())
     assert set(mask.unique().tolist()) <= raw | {255}
     other, _, _ = ds[(2, 4321)]
     assert not torch.equal(image, other)
@@ -314,10 +317,10 @@ def test_resolve_voc_dir_error_names_root_and_script():
 def test_missing_split_names_list_and_available_splits(tmp_path):
     voc = _mini_voc(tmp_path)
     with pytest.raises(DatasetError) as info:
-        VOCSegmentation(tmp_path, "test")
+        voc_dataset(tmp_path, "test")
     message = str(info.value)
     assert str(voc / "ImageSets" / "Segmentation" / "test.txt") in message
-    assert "Available splits: train, val" in message
+    assert "available splits: train, val" in message
     with pytest.raises(DatasetError, match="prepare_voc.py"):
         read_split(voc, "train_aug")
 
@@ -327,20 +330,20 @@ def test_empty_split_names_file(tmp_path):
     lst = voc / "ImageSets" / "Segmentation" / "train.txt"
     lst.write_text("\n  \n")
     with pytest.raises(DatasetError) as info:
-        VOCSegmentation(tmp_path, "train")
+        voc_dataset(tmp_path, "train")
     assert str(lst) in str(info.value) and "empty" in str(info.value)
 
 
 def test_missing_mask_folder_is_named(tmp_path):
     voc = _mini_voc(tmp_path)
     with pytest.raises(DatasetError) as info:
-        VOCSegmentation(tmp_path, "train", mask_dir="SegmentationClassAug")
+        voc_dataset(tmp_path, "train", mask_dir="SegmentationClassAug")
     assert str(voc / "SegmentationClassAug") in str(info.value)
 
 
 def test_rgb_mask_is_rejected_naming_file(tmp_path):
     voc = _mini_voc(tmp_path, mask_mode="RGB")
-    ds = VOCSegmentation(tmp_path, "train")
+    ds = voc_dataset(tmp_path, "train")
     with pytest.raises(DatasetError) as info:
         ds[0]
     assert str(voc / "SegmentationClass" / "a.png") in str(info.value)
@@ -349,14 +352,14 @@ def test_rgb_mask_is_rejected_naming_file(tmp_path):
 
 def test_greyscale_mask_is_accepted(tmp_path):
     _mini_voc(tmp_path, mask_mode="L")
-    _, mask, _ = VOCSegmentation(tmp_path, "train")[0]
+    _, mask, _ = voc_dataset(tmp_path, "train")[0]
     assert mask.shape == (6, 8) and set(mask.unique().tolist()) == {1}
 
 
 def test_mask_image_size_mismatch_names_both_files(tmp_path):
     voc = _mini_voc(tmp_path, image_size=(8, 6), mask_size=(9, 6))
     with pytest.raises(DatasetError) as info:
-        VOCSegmentation(tmp_path, "train")[0]
+        voc_dataset(tmp_path, "train")[0]
     message = str(info.value)
     assert str(voc / "SegmentationClass" / "a.png") in message
     assert str(voc / "JPEGImages" / "a.jpg") in message
@@ -395,7 +398,7 @@ def test_synthetic_layout_and_masks(tmp_path):
         for a, b in ((label[1:], label[:-1]), (label[:, 1:], label[:, :-1])):
             both = (a != 255) & (b != 255)
             assert np.array_equal(a[both], b[both]), image_id
-    ds = VOCSegmentation(tmp_path, "val")
+    ds = voc_dataset(tmp_path, "val")
     assert len(ds) == 3 and ds[0][0].shape[-2:] == ds[0][1].shape
 
 

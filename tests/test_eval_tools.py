@@ -23,7 +23,7 @@ from deeplab_cli import predict as predict_mod
 from deeplab_cli.data.palette import voc_palette
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.transforms import eval_transforms
-from deeplab_cli.data.voc import VOCSegmentation
+from deeplab_cli.data.voc import voc_dataset
 from deeplab_cli.engine.checkpoint import atomic_save
 from deeplab_cli.engine.inference import pad_collate, predict_probabilities, size_sorted_batches
 from deeplab_cli.engine.metrics import compute_metrics
@@ -161,7 +161,7 @@ def test_size_sorted_batches_and_padding() -> None:
 
 
 def test_batches_of_different_sizes_equal_one_image_at_a_time(synthetic_root: Path) -> None:
-    dataset = VOCSegmentation(synthetic_root, "val", transforms=eval_transforms())
+    dataset = voc_dataset(synthetic_root, "val", transforms=eval_transforms())
     assert len({dataset.image_size(i) for i in range(len(dataset))}) > 1, "the test needs mixed sizes"
     model = PixelModel()
     seen: dict[int, tuple] = {}
@@ -181,7 +181,7 @@ def test_batches_of_different_sizes_equal_one_image_at_a_time(synthetic_root: Pa
 
 
 def test_crf_output_differs_from_the_network_and_is_scored(synthetic_root: Path) -> None:
-    dataset = VOCSegmentation(synthetic_root, "val", transforms=eval_transforms())
+    dataset = voc_dataset(synthetic_root, "val", transforms=eval_transforms())
     preds: dict[str, dict[int, torch.Tensor]] = {"network": {}, "crf": {}}
     settings = EvalSettings(21, crf=CRFParams(), crf_workers=2, trimap=(3,))
     result = run_evaluation(
@@ -194,7 +194,7 @@ def test_crf_output_differs_from_the_network_and_is_scored(synthetic_root: Path)
 
 
 def test_cache_serves_a_second_run_without_the_network(synthetic_root: Path, tmp_path: Path) -> None:
-    dataset = VOCSegmentation(synthetic_root, "val", transforms=eval_transforms())
+    dataset = voc_dataset(synthetic_root, "val", transforms=eval_transforms())
     cache = ProbabilityCache(tmp_path, {"checkpoint": "abc"})
     model = PixelModel()
     settings = EvalSettings(21, crf=CRFParams(), crf_workers=0)

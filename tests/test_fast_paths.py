@@ -81,10 +81,10 @@ def test_torch_compile_gives_the_plain_loss(plain) -> None:
 def test_bf16_channels_last_evaluation_matches_fp32(tmp_path) -> None:
     from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
     from deeplab_cli.data.transforms import eval_transforms
-    from deeplab_cli.data.voc import VOCSegmentation
+    from deeplab_cli.data.voc import voc_dataset
 
     ensure_synthetic_voc(tmp_path, SyntheticSpec(num_train=1, num_val=3))
-    dataset = VOCSegmentation(tmp_path, "val", transforms=eval_transforms())
+    dataset = voc_dataset(tmp_path, "val", transforms=eval_transforms())
     _, model = _losses(_model())
     preds: dict[str, dict[int, torch.Tensor]] = {"fp32": {}, "fast": {}}
     run_evaluation(model, dataset, CPU, EvalSettings(21), on_prediction=lambda i, p, t, s: preds["fp32"].update({i: p}))

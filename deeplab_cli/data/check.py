@@ -1,26 +1,30 @@
-"""Check a VOC-layout dataset and report every problem in one pass.
+"""Check a dataset and report every problem in one pass, with per-class label statistics.
 
 Training stops at the first bad file, often hours in; this module lists all of
-them up front (missing, truncated or mis-sized files, RGB masks, labels out of
-range) so a user fixes the data once. ``deep=False`` is the cheap check the
-trainer runs before it starts: split lists and file existence only.
+them up front (missing, truncated or mis-sized files, masks whose values or
+colours the label mapping does not cover) so a user fixes the data once.
+``deep=False`` is the cheap check the trainer runs before it starts: split lists
+and file existence only. ``deep=True`` decodes everything and also counts, per
+class, the pixels and the images that contain it (after label mapping): what
+class weights and stratified splits are computed from.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .palette import IGNORE_INDEX, voc_colormap
-from .voc import DatasetError
+from .labels import LabelError, LabelMapping, colour_key, colour_text
+from .layout import DatasetError, Layout
+from .palette import voc_colormap
 
 #: Every kind of problem, in the order the summary lists them.
 KINDS = (
@@ -28,12 +32,14 @@ KINDS = (
     "empty_list",
     "duplicate_id",
     "missing_dir",
+    "no_images",
     "missing_image",
     "missing_mask",
     "unreadable_image",
     "unreadable_mask",
     "rgb_mask",
     "bad_mask_mode",
+    "unknown_colour",
     "size_mismatch",
     "bad_mask_values",
 )
@@ -41,7 +47,7 @@ KINDS = (
 _MAX_VALUES = 5  # offending values / unknown colours named per message
 _MAX_LISTED = 10  # problems quoted in a DataCheckError
 
-#: (id, image path, mask path) of a listed pair; a path is None when the file does not exist.
+#: (stem, image path, mask path) of a listed pair; a path is None when the file does not exist.
 _Item = tuple[str, Path | None, Path | None]
 
 
@@ -58,9 +64,46 @@ class DataCheckError(DatasetError):
     """The cheap pre-training check found problems; the message names the files."""
 
 
-def _colour_keys(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.uint32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+@dataclass
+class LabelStats:
+    """Per class: pixels and images containing it, after label mapping; the last pixel entry is "ignored"."""
+
+    num_classes: int
+    pixels: np.ndarray = field(init=False)
+    images: np.ndarray = field(init=False)
+    masks: int = 0
+
+    def __post_init__(self) -> None:
+        self.pixels = np.zeros(self.num_classes + 1, dtype=np.int64)
+        self.images = np.zeros(self.num_classes, dtype=np.int64)
+
+    def add(self, counts: np.ndarray) -> None:
+        """Counts of one mask, as :meth:`LabelMapping.counts` gives them."""
+        self.pixels += counts
+        self.images += counts[: self.num_classes] > 0
+        self.masks += 1
+
+    def merge(self, other: LabelStats) -> None:
+        self.pixels += other.pixels
+        self.images += other.images
+        self.masks += other.masks
+
+    def as_dict(self, names: list[str]) -> dict[str, object]:
+        return {
+            "masks": self.masks,
+            "pixels": {n: int(v) for n, v in zip(names, self.pixels[:-1], strict=True)},
+            "ignored_pixels": int(self.pixels[-1]),
+            "images": {n: int(v) for n, v in zip(names, self.images, strict=True)},
+        }
+
+
+@dataclass
+class SplitCheck:
+    """What :func:`check_split` found: the problems, how many samples the split has, and label statistics."""
+
+    problems: list[Problem]
+    count: int
+    stats: LabelStats | None = None
 
 
 def rgb_to_index(rgb: np.ndarray) -> np.ndarray:
@@ -71,56 +114,17 @@ def rgb_to_index(rgb: np.ndarray) -> np.ndarray:
     """
     if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    palette_keys = _colour_keys(voc_colormap())
+    palette_keys = colour_key(voc_colormap())
     order = np.argsort(palette_keys)
     sorted_keys = palette_keys[order]
-    keys = _colour_keys(rgb[..., :3])
+    keys = colour_key(rgb[..., :3])
     pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
     known = sorted_keys[pos] == keys
     if not known.all():
         unknown = np.unique(keys[~known])[:_MAX_VALUES]
-        named = ", ".join(str(((int(k) >> 16) & 255, (int(k) >> 8) & 255, int(k) & 255)) for k in unknown)
+        named = ", ".join(colour_text(int(k)) for k in unknown)
         raise ValueError(f"{int((~known).sum())} pixels have colours that are not VOC palette colours, e.g. {named}")
     return order[pos].astype(np.uint8)
-
-
-def _list_path(voc_dir: Path, split: str) -> Path:
-    return voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
-
-
-def _read_list(path: Path) -> list[tuple[int, str]]:
-    """(line number, id) of every non-blank line."""
-    lines = path.read_text().splitlines()
-    return [(n, line.split()[0]) for n, line in enumerate(lines, start=1) if line.strip()]
-
-
-def _list_problems(voc_dir: Path, split: str) -> tuple[dict[str, list[int]], list[Problem]]:
-    """The line numbers of each id of the split list (first-seen order) and the list's own problems."""
-    path = _list_path(voc_dir, split)
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
-        reason = (
-            f"split {split!r} has no list file; available splits: {', '.join(available) or 'none'}. "
-            "Set dataset.train_split/dataset.val_split (or splits=[...]) to one of them"
-            + (", or run 'python scripts/prepare_voc.py' to write the _aug lists." if split.endswith("_aug") else ".")
-        )
-        return {}, [Problem("missing_list", str(path), reason)]
-    entries = _read_list(path)
-    if not entries:
-        return {}, [Problem("empty_list", str(path), "the split list is empty; it must list one image id per line")]
-    lines_of: dict[str, list[int]] = defaultdict(list)
-    for number, image_id in entries:
-        lines_of[image_id].append(number)
-    problems = [
-        Problem(
-            "duplicate_id",
-            str(path),
-            f"id {image_id} is listed {len(lines)} times (lines {', '.join(map(str, lines))}); keep one line",
-        )
-        for image_id, lines in lines_of.items()
-        if len(lines) > 1
-    ]
-    return lines_of, problems
 
 
 def _file_names(folder: Path) -> set[str] | None:
@@ -131,62 +135,63 @@ def _file_names(folder: Path) -> set[str] | None:
         return None
 
 
-_MISSING_DIR = {
-    "image": "the image folder does not exist; point dataset.root at the folder holding VOC2012/",
-    "mask": (
-        "the mask folder does not exist; set dataset.mask_dir to the folder of class-index PNGs "
-        "(for dataset=voc_aug run 'python scripts/prepare_voc.py' to build SegmentationClassAug/)"
-    ),
-}
-
-
-def _folders(voc_dir: Path, mask_dir: str) -> dict[str, tuple[Path, str]]:
-    """What -> (folder, file suffix) of the files each id needs."""
-    return {"image": (voc_dir / "JPEGImages", ".jpg"), "mask": (voc_dir / mask_dir, ".png")}
+def _missing_dir_reason(what: str, layout: Layout) -> str:
+    if what == "image":
+        return (
+            f"the image folder does not exist (dataset.image_dir={layout.image_dir!r}); point dataset.root at the "
+            "folder holding the dataset, or set dataset.image_dir"
+        )
+    return (
+        f"the mask folder does not exist (dataset.mask_dir={layout.mask_dir!r}); set dataset.mask_dir to the "
+        "folder of masks (for dataset=voc_aug run 'python scripts/prepare_voc.py' to build SegmentationClassAug/)"
+    )
 
 
 def _existence(
-    voc_dir: Path, split: str, ids: dict[str, list[int]], mask_dir: str
-) -> tuple[dict[str, set[str]], list[Problem]]:
-    """The file names present per folder (missing folders left out), and the missing files and folders.
+    layout: Layout, split: str, stems: dict[str, list[int]], source: Path, scanned: bool
+) -> tuple[list[_Item], list[Problem]]:
+    """(stem, image, mask) per stem, None for a missing file, and the missing files and folders.
 
-    Names are compared as strings against one directory read: no stat and no Path per id.
+    Names are compared as strings against one directory read per folder: no stat per id.
     """
-    list_name = _list_path(voc_dir, split).name
-    present: dict[str, set[str]] = {}
     problems: list[Problem] = []
-    for what, (folder, suffix) in _folders(voc_dir, mask_dir).items():
-        names = _file_names(folder)
-        if names is None:
-            reason = _MISSING_DIR[what]
-            problems.append(Problem("missing_dir", str(folder), reason))
+    folders = {
+        "image": (layout.image_folder(split), layout.image_suffix),
+        "mask": (layout.mask_folder(split), layout.mask_suffix),
+    }
+    listings: dict[str, dict[str, set[str] | None]] = {"image": {}, "mask": {}}
+    paths: dict[str, dict[str, Path | None]] = {"image": {}, "mask": {}}
+    for what, (folder, suffix) in folders.items():
+        if not folder.is_dir():
+            problems.append(Problem("missing_dir", str(folder), _missing_dir_reason(what, layout)))
+            paths[what] = dict.fromkeys(stems)
             continue
-        present[what] = names
-        prefix = f"{folder}{os.sep}"
-        problems += [
-            Problem(
-                f"missing_{what}",
-                f"{prefix}{image_id}{suffix}",
-                f"listed in {list_name} (line {lines[0]}) but the {what} does not exist; "
-                "add the file or remove the id from the list",
-            )
-            for image_id, lines in ids.items()
-            if f"{image_id}{suffix}" not in names
-        ]
-    return present, problems
-
-
-def _items(voc_dir: Path, ids: Iterable[str], mask_dir: str, present: dict[str, set[str]]) -> list[_Item]:
-    """(id, image path, mask path) per id, None for a file that does not exist."""
-    folders = _folders(voc_dir, mask_dir)
-    items: list[_Item] = []
-    for image_id in ids:
-        paths = [
-            folder / f"{image_id}{suffix}" if f"{image_id}{suffix}" in present.get(what, ()) else None
-            for what, (folder, suffix) in folders.items()
-        ]
-        items.append((image_id, paths[0], paths[1]))
-    return items
+        for stem, lines in stems.items():
+            sub, _, name = stem.rpartition("/")
+            directory = folder / sub if sub else folder
+            if sub not in listings[what]:
+                listings[what][sub] = _file_names(directory)
+            names = listings[what][sub]
+            path = directory / f"{name}{suffix}"
+            if names is not None and f"{name}{suffix}" in names:
+                paths[what][stem] = path
+                continue
+            paths[what][stem] = None
+            if scanned:
+                where = f"image {layout.image_path(split, stem)} has no mask of the same stem"
+                fix = f"add {path}, or set dataset.mask_dir/dataset.mask_suffix (now {layout.mask_suffix!r})"
+                problems.append(Problem(f"missing_{what}", str(path), f"{where}; {fix}"))
+            else:
+                problems.append(
+                    Problem(
+                        f"missing_{what}",
+                        str(path),
+                        f"listed in {source.name} (line {lines[0]}) but the {what} does not exist; "
+                        "add the file or remove the id from the list",
+                    )
+                )
+    items = [(stem, paths["image"][stem], paths["mask"][stem]) for stem in stems]
+    return items, problems
 
 
 def _check_image(path: Path) -> tuple[tuple[int, int] | None, list[Problem]]:
@@ -205,55 +210,47 @@ def _rgb_reason(rgb: np.ndarray) -> str:
         rgb_to_index(rgb)
     except ValueError as exc:
         return (
-            f"the mask is stored as RGB colours that are not all VOC palette colours ({exc}); masks must be "
-            "palette ('P') or greyscale ('L') PNGs whose pixel values are class indices"
+            f"the mask stores RGB colours, not class indices ({exc}); set dataset.color_map to each class's colour "
+            "(\"R,G,B\": class, 255 to ignore a colour), or convert the masks to palette ('P') or greyscale ('L') "
+            "PNGs whose values are class indices"
         )
     return (
-        "the mask is stored as RGB colours (VOC palette colours) instead of class indices; convert it to a palette "
-        "PNG: m = Image.fromarray(deeplab_cli.data.check.rgb_to_index(np.array(Image.open(p).convert('RGB')))); "
+        "the mask is stored as RGB colours (VOC palette colours) instead of class indices; set "
+        "dataset.color_map to the VOC colours, or convert it to a palette PNG: m = Image.fromarray("
+        "deeplab_cli.data.check.rgb_to_index(np.array(Image.open(p).convert('RGB')))); "
         "m.putpalette(deeplab_cli.data.palette.voc_palette()); m.save(p)"
     )
 
 
-def _mask_values(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Values outside {0..num_classes-1, 255}."""
-    counts = np.bincount(mask.ravel(), minlength=256)
-    allowed = np.zeros(256, dtype=bool)
-    allowed[:num_classes] = True
-    allowed[IGNORE_INDEX] = True
-    return np.flatnonzero((counts > 0) & ~allowed).tolist()
-
-
-def _check_mask(path: Path, num_classes: int) -> tuple[tuple[int, int] | None, list[Problem]]:
-    """(width, height) of a decodable mask, with its mode and value problems."""
+def _check_mask(path: Path, labels: LabelMapping) -> tuple[tuple[int, int] | None, np.ndarray | None, list[Problem]]:
+    """(width, height) of a decodable mask, its per-class counts when it maps cleanly, and its problems."""
     try:
         with Image.open(path) as img:
             mode, size = img.mode, img.size
-            pixels = np.array(img.convert("RGB") if mode in ("RGB", "RGBA") else img)
+            colours = labels.uses_colours or mode in ("RGB", "RGBA")
+            pixels = np.array(img.convert("RGB") if colours else img)
     except Exception as exc:  # any decoder error: the file cannot be used
         reason = f"the mask cannot be decoded ({type(exc).__name__}: {exc}); regenerate it or remove it from the list"
-        return None, [Problem("unreadable_mask", str(path), reason)]
-    if mode in ("RGB", "RGBA"):
-        return size, [Problem("rgb_mask", str(path), _rgb_reason(pixels))]
-    if mode not in ("P", "L"):
-        reason = f"the mask has mode {mode!r}; save it as a palette ('P') or greyscale ('L') PNG of class indices"
-        return size, [Problem("bad_mask_mode", str(path), reason)]
-    bad = _mask_values(pixels, num_classes)
-    if not bad:
-        return size, []
-    shown = ", ".join(map(str, bad[:_MAX_VALUES])) + (", ..." if len(bad) > _MAX_VALUES else "")
-    reason = (
-        f"the mask holds values {shown} outside 0..{num_classes - 1} and {IGNORE_INDEX} (ignore); "
-        "fix the labels or set dataset.num_classes"
-    )
-    return size, [Problem("bad_mask_values", str(path), reason)]
+        return None, None, [Problem("unreadable_mask", str(path), reason)]
+    if not labels.uses_colours:
+        if mode in ("RGB", "RGBA"):
+            return size, None, [Problem("rgb_mask", str(path), _rgb_reason(pixels))]
+        if mode not in ("P", "L"):
+            reason = f"the mask has mode {mode!r}; save it as a palette ('P') or greyscale ('L') PNG of class indices"
+            return size, None, [Problem("bad_mask_mode", str(path), reason)]
+    try:
+        mapped = labels.apply(pixels)
+    except LabelError as exc:
+        kind = "unknown_colour" if labels.uses_colours else "bad_mask_values"
+        return size, None, [Problem(kind, str(path), f"the mask {exc}")]
+    return size, labels.counts(mapped), []
 
 
-def _check_pair(item: _Item, num_classes: int) -> list[Problem]:
-    """Decode one listed image/mask pair (whichever exist) and compare their sizes."""
+def _check_pair(item: _Item, labels: LabelMapping) -> tuple[list[Problem], np.ndarray | None]:
+    """Decode one image/mask pair (whichever exist), compare their sizes; the mask's class counts."""
     _, image_path, mask_path = item
     image_size, problems = _check_image(image_path) if image_path else (None, [])
-    mask_size, mask_problems = _check_mask(mask_path, num_classes) if mask_path else (None, [])
+    mask_size, counts, mask_problems = _check_mask(mask_path, labels) if mask_path else (None, None, [])
     problems += mask_problems
     if image_size and mask_size and image_size != mask_size:
         problems.append(
@@ -264,45 +261,43 @@ def _check_pair(item: _Item, num_classes: int) -> list[Problem]:
                 f"{image_size[0]}x{image_size[1]} (width x height); they must have the same size",
             )
         )
-    return problems
+    return problems, counts
 
 
 def check_split(
-    voc_dir: Path,
+    layout: Layout,
     split: str,
-    mask_dir: str,
-    num_classes: int,
+    labels: LabelMapping,
     *,
     deep: bool = True,
     progress: bool = False,
     workers: int = 8,
-) -> list[Problem]:
-    """Every problem of ``ImageSets/Segmentation/<split>.txt`` and the files it lists.
+) -> SplitCheck:
+    """Every problem of one split (its list or folder scan, and its files), with label statistics when deep.
 
-    ``deep=False`` checks the list and that the files exist (one directory read per
+    ``deep=False`` checks the listing and that the files exist (one directory read per
     folder, so it costs milliseconds for thousands of ids); ``deep=True`` also decodes
     every image and mask, in ``workers`` threads (PIL releases the GIL while decoding).
     """
-    voc_dir = Path(voc_dir)
-    ids, problems = _list_problems(voc_dir, split)
-    if not ids:
-        return problems
-    present, missing = _existence(voc_dir, split, ids, mask_dir)
+    listing = layout.listing(split)
+    problems = [Problem(*p) for p in listing.problems]
+    if not listing.stems:
+        return SplitCheck(problems, 0)
+    stems = listing.lines or {s: [] for s in listing.stems}
+    items, missing = _existence(layout, split, stems, listing.source, scanned=not listing.lines)
     problems += missing
     if not deep:
-        return problems
-    items = _items(voc_dir, ids, mask_dir, present)
+        return SplitCheck(problems, len(stems))
+    stats = LabelStats(labels.num_classes)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda item: _check_pair(item, num_classes), items)
-        for found in tqdm(results, total=len(items), desc=f"checking {split}", unit="img", disable=not progress):
+        results = pool.map(lambda item: _check_pair(item, labels), items)
+        for found, counts in tqdm(
+            results, total=len(items), desc=f"checking {split}", unit="img", disable=not progress
+        ):
             problems += found
-    return problems
-
-
-def count_ids(voc_dir: Path, split: str) -> int:
-    """The number of distinct ids a split lists (0 when the list is missing)."""
-    path = _list_path(Path(voc_dir), split)
-    return len({image_id for _, image_id in _read_list(path)}) if path.is_file() else 0
+            if counts is not None:
+                stats.add(counts)
+    return SplitCheck(problems, len(stems), stats)
 
 
 def summarize(problems: Iterable[Problem]) -> dict[str, int]:

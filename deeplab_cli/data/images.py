@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 
 from .palette import IGNORE_INDEX
-from .voc import DatasetError
+from .layout import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 

@@ -63,17 +63,12 @@ class Resource:
 RESOURCES: dict[str, Resource] = {
     "voc": Resource(
         filename="VOCtrainval_11-May-2012.tar",
-        url=(
-            "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
-        ),
+        url=("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"),
         md5="6cd6e144f989b92b3379bac3b3de84fd",
     ),
     "sbd": Resource(
         filename="benchmark.tgz",
-        url=(
-            "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
-            "semantic_contours/benchmark.tgz"
-        ),
+        url=("http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz"),
         md5="82b4d87ceb2ed10f6038a1cba92111cb",
     ),
 }
@@ -172,9 +167,7 @@ def _fetch(url: str, part: Path, target: Path) -> None:
         raise _network_error(url, target, exc) from exc
 
 
-def _stream(
-    response: http.client.HTTPResponse, part: Path, offset: int, desc: str
-) -> None:
+def _stream(response: http.client.HTTPResponse, part: Path, offset: int, desc: str) -> None:
     """Append the body to ``part`` (rewrite it if ``offset`` is 0), showing progress."""
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length and length.isdigit() else None
@@ -193,9 +186,7 @@ def _stream(
             fh.write(chunk)
             bar.update(len(chunk))
     if total is not None and part.stat().st_size < total:
-        raise ConnectionError(
-            f"connection closed after {part.stat().st_size} of {total} bytes"
-        )
+        raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
 
 
 def _network_error(url: str, target: Path, exc: BaseException) -> PrepareError:
@@ -225,8 +216,7 @@ def extract(archive: Path, dest: Path) -> None:
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, OSError) as exc:
         raise PrepareError(
-            f"Could not extract {archive}: {exc}. Delete the archive and re-run to "
-            f"download it again."
+            f"Could not extract {archive}: {exc}. Delete the archive and re-run to download it again."
         ) from exc
 
 
@@ -253,8 +243,7 @@ def ensure_extracted(key: str, layout: Layout) -> None:
     missing = [name for name in required if not (top / name).is_dir()]
     if missing:
         raise PrepareError(
-            f"{archive.name} did not contain the expected folders {missing} "
-            f"under {top}; is it the right archive?"
+            f"{archive.name} did not contain the expected folders {missing} under {top}; is it the right archive?"
         )
     marker.write_text("ok\n")
 
@@ -344,9 +333,7 @@ def copy_missing_images(sbd_images: Path, voc_images: Path) -> int:
 def read_ids(path: Path) -> set[str]:
     """Read a split list (one image id per line)."""
     if not path.is_file():
-        raise PrepareError(
-            f"Missing split list {path}; the extracted data looks incomplete."
-        )
+        raise PrepareError(f"Missing split list {path}; the extracted data looks incomplete.")
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
@@ -355,9 +342,7 @@ def write_ids(path: Path, ids: list[str]) -> None:
     path.write_text("".join(f"{image_id}\n" for image_id in ids))
 
 
-def compute_train_aug(
-    voc_train: set[str], voc_val: set[str], sbd_train: set[str], sbd_val: set[str]
-) -> list[str]:
+def compute_train_aug(voc_train: set[str], voc_val: set[str], sbd_train: set[str], sbd_val: set[str]) -> list[str]:
     """Return the standard ``train_aug`` ids: all annotated ids except VOC val.
 
     VOC val must stay unseen because it is the evaluation set; SBD's own val
@@ -402,17 +387,9 @@ def write_aug_lists(layout: Layout) -> dict[str, int]:
 
 def build_aug(layout: Layout, workers: int | None = None) -> dict[str, int]:
     """Merge SBD into the VOC tree: masks, missing images and the aug split lists."""
-    stats = {
-        "voc_masks_copied": copy_voc_masks(
-            layout.voc / "SegmentationClass", layout.aug_masks
-        )
-    }
-    stats["sbd_masks_converted"] = convert_sbd_masks(
-        layout.sbd / "cls", layout.aug_masks, workers
-    )
-    stats["sbd_images_copied"] = copy_missing_images(
-        layout.sbd / "img", layout.voc / "JPEGImages"
-    )
+    stats = {"voc_masks_copied": copy_voc_masks(layout.voc / "SegmentationClass", layout.aug_masks)}
+    stats["sbd_masks_converted"] = convert_sbd_masks(layout.sbd / "cls", layout.aug_masks, workers)
+    stats["sbd_images_copied"] = copy_missing_images(layout.sbd / "img", layout.voc / "JPEGImages")
     stats.update(write_aug_lists(layout))
     return stats
 
@@ -456,20 +433,13 @@ def _print_summary(layout: Layout, stats: dict[str, int]) -> None:
     for name, value in stats.items():
         print(f"  {name:<20} {value}")
     if "train_aug" in stats:
-        print(
-            f"  train_aug.txt has {stats['train_aug']} ids "
-            f"(the standard VOC+SBD set has {STANDARD_TRAIN_AUG_SIZE})"
-        )
+        print(f"  train_aug.txt has {stats['train_aug']} ids (the standard VOC+SBD set has {STANDARD_TRAIN_AUG_SIZE})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(
-        description="Download PASCAL VOC 2012 and SBD and build the train_aug split."
-    )
-    parser.add_argument(
-        "--root", type=Path, default=Path("data"), help="data folder (default: data)"
-    )
+    parser = argparse.ArgumentParser(description="Download PASCAL VOC 2012 and SBD and build the train_aug split.")
+    parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
     parser.add_argument("--skip-sbd", action="store_true", help="prepare VOC 2012 only")
     parser.add_argument(
         "--keep-archives",

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .palette import IGNORE_INDEX, voc_palette
-from .voc import DatasetError
+from .layout import DatasetError
 
 GENERATOR_VERSION = 2
 MARKER = ".synthetic.json"
@@ -127,7 +127,9 @@ def check_generator_root(root: str | Path) -> Path:
     if _marker(voc) is not None:
         return voc
     if root.exists() and not root.is_dir():
-        raise SyntheticRootError(f"dataset.root={str(root)!r} is a file, not a folder; the synthetic set needs a folder.")
+        raise SyntheticRootError(
+            f"dataset.root={str(root)!r} is a file, not a folder; the synthetic set needs a folder."
+        )
     if not root.exists() or not any(root.iterdir()):
         return voc
     found = f"{voc} holds {_contents(voc)}" if voc.is_dir() else f"{root} holds {_contents(root)}"

@@ -15,22 +15,23 @@ from ..data.palette import IGNORE_INDEX, voc_colormap
 _CMAP = voc_colormap()
 
 
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Class-index map (H, W) -> VOC palette colours (H, W, 3) uint8."""
-    return _CMAP[mask.astype(np.uint8)]
+def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """Class-index map (H, W) -> colours (H, W, 3) uint8 from a (256, 3) palette (VOC's by default)."""
+    return (_CMAP if palette is None else palette)[mask.astype(np.uint8)]
 
 
-def panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
     """image | ground truth | prediction side by side, (H, 3W, 3) uint8."""
     target = np.where(target == IGNORE_INDEX, IGNORE_INDEX, target)
-    return np.concatenate([image, colorize(target), colorize(pred)], axis=1)
+    return np.concatenate([image, colorize(target, palette), colorize(pred, palette)], axis=1)
 
 
 class TensorBoardLogger:
     """Thin wrapper so the loop logs scalars/panels without knowing TensorBoard's API."""
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: str | Path, enabled: bool = True, palette: np.ndarray | None = None) -> None:
         self.writer = SummaryWriter(str(log_dir)) if enabled else None
+        self.palette = palette
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if self.writer:
@@ -45,7 +46,7 @@ class TensorBoardLogger:
 
     def panel(self, tag: str, image: np.ndarray, target: Tensor, pred: Tensor, step: int) -> None:
         if self.writer:
-            picture = panel(image, target.cpu().numpy(), pred.cpu().numpy())
+            picture = panel(image, target.cpu().numpy(), pred.cpu().numpy(), self.palette)
             self.writer.add_image(tag, picture, step, dataformats="HWC")
 
     def image(self, tag: str, picture: np.ndarray, step: int) -> None:

@@ -61,8 +61,10 @@ class ProbabilityCache:
         key_file = self.dir / "key.json"
         if not key_file.is_file():
             _atomic_write(key_file, lambda f: f.write(json.dumps(self.key, indent=2).encode()))
+        path = self.path(image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)  # stems may hold sub-folders (Cityscapes' city/name)
         _atomic_write(
-            self.path(image_id),
+            path,
             lambda f: np.savez(f, probs=probs.astype(np.float16), pred=pred.astype(np.uint8)),
         )
 

@@ -1,0 +1,135 @@
+"""Where a dataset keeps its images and masks: folders per split, suffixes, an optional split list.
+
+One description covers the layouts users bring (after mmsegmentation's
+``BaseSegDataset``): VOC (one image folder, ``ImageSets/Segmentation/<split>.txt``
+lists ids), Cityscapes (``leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` paired
+with ``gtFine/<split>/<city>/<name>_gtFine_labelIds.png``), ADE20K
+(``images/training`` + ``annotations/training``), CamVid's SegNet files (``train/`` +
+``trainannot/``) and any ``images/`` + ``masks/`` tree. A sample is named by its
+*stem*: its path relative to the image folder without the image suffix, with
+``/`` between sub-folders (``aachen/aachen_000000_000019``). ``{split}`` in a folder
+or list path stands for the split's name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DeepLabError
+
+
+class DatasetError(DeepLabError):
+    """A dataset that cannot be used as configured; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The stems of one split and where they came from, with what is wrong with the listing itself.
+
+    ``lines`` maps each stem to the lines of the split list naming it (empty for a
+    folder scan); ``problems`` holds ``(kind, path, reason)`` of the listing.
+    """
+
+    stems: list[str]
+    source: Path
+    lines: dict[str, list[int]]
+    problems: list[tuple[str, str, str]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Folders and suffixes of one dataset; ``split_list`` None means "every image under image_dir"."""
+
+    root: Path
+    image_dir: str = "JPEGImages"
+    mask_dir: str = "SegmentationClass"
+    image_suffix: str = ".jpg"
+    mask_suffix: str = ".png"
+    split_list: str | None = "ImageSets/Segmentation/{split}.txt"
+
+    def image_folder(self, split: str) -> Path:
+        return self.root / self.image_dir.format(split=split)
+
+    def mask_folder(self, split: str) -> Path:
+        return self.root / self.mask_dir.format(split=split)
+
+    def list_path(self, split: str) -> Path | None:
+        return self.root / self.split_list.format(split=split) if self.split_list else None
+
+    def image_path(self, split: str, stem: str) -> Path:
+        return self.image_folder(split) / f"{stem}{self.image_suffix}"
+
+    def mask_path(self, split: str, stem: str) -> Path:
+        return self.mask_folder(split) / f"{stem}{self.mask_suffix}"
+
+    def listing(self, split: str) -> Listing:
+        """The split's stems: from its list file, else from a scan of its image folder."""
+        path = self.list_path(split)
+        if path is not None:
+            return _read_list(path, split)
+        return self.scan(split)
+
+    def scan(self, split: str) -> Listing:
+        """Every ``*<image_suffix>`` file under the split's image folder (sub-folders included), sorted."""
+        folder = self.image_folder(split)
+        if not folder.is_dir():
+            reason = (
+                f"the image folder of split {split!r} does not exist (dataset.image_dir={self.image_dir!r} under "
+                f"dataset.root={str(self.root)!r}); set dataset.root/dataset.image_dir, or the split name"
+            )
+            return Listing([], folder, {}, [("missing_dir", str(folder), reason)])
+        stems = sorted(_scan(folder, self.image_suffix))
+        if not stems:
+            found = sorted({Path(n).suffix for _, _, names in os.walk(folder) for n in names})[:8]
+            reason = (
+                f"no file ends with dataset.image_suffix={self.image_suffix!r} (suffixes found: "
+                f"{', '.join(found) or 'none'}); set dataset.image_suffix to the images' ending, e.g. "
+                f"dataset.image_suffix={found[0] if found else '.jpg'}"
+            )
+            return Listing([], folder, {}, [("no_images", str(folder), reason)])
+        return Listing(stems, folder, {}, [])
+
+
+def _scan(folder: Path, suffix: str) -> list[str]:
+    """Relative stems of the files ending in ``suffix`` under ``folder``; hidden entries are skipped."""
+    stems = []
+    base = len(str(folder)) + 1
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = dirpath[base:].replace(os.sep, "/")
+        for name in filenames:
+            if name.endswith(suffix) and not name.startswith("."):
+                stem = name[: len(name) - len(suffix)]
+                stems.append(f"{rel}/{stem}" if rel else stem)
+    return stems
+
+
+def _read_list(path: Path, split: str) -> Listing:
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        reason = (
+            f"split {split!r} has no list file; available splits: {', '.join(available) or 'none'}. "
+            "Set dataset.train_split/dataset.val_split (or splits=[...]) to one of them"
+            + (", or run 'python scripts/prepare_voc.py' to write the _aug lists." if split.endswith("_aug") else ".")
+        )
+        return Listing([], path, {}, [("missing_list", str(path), reason)])
+    lines_of: dict[str, list[int]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            lines_of.setdefault(line.split()[0], []).append(number)
+    if not lines_of:
+        return Listing(
+            [], path, {}, [("empty_list", str(path), "the split list is empty; it must list one stem per line")]
+        )
+    problems = [
+        (
+            "duplicate_id",
+            str(path),
+            f"id {stem} is listed {len(lines)} times (lines {', '.join(map(str, lines))}); keep one line",
+        )
+        for stem, lines in lines_of.items()
+        if len(lines) > 1
+    ]
+    return Listing(list(lines_of), path, lines_of, problems)

@@ -1,0 +1,197 @@
+"""The ``dataset`` node -> layout, label mapping, datasets, loaders, names and palette.
+
+Split out of :mod:`factory` (which re-exports these) so that each stays one screen
+per concern; like it, only entry points call this, and modules never see ``cfg``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from .data.check import Problem, check_command, check_split, require_clean
+from .data.collate import collate_kept
+from .data.families import resolve_root
+from .data.labels import LabelMapping
+from .data.layout import Layout
+from .data.palette import VOC_CLASSES, voc_colormap
+from .data.sampler import IterationBatchSampler
+from .data.segmentation import SegmentationDataset
+from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from .data.transforms import eval_transforms, train_transforms
+from .errors import ConfigError
+
+
+def normalisation(cfg: DictConfig) -> tuple[list[float], list[float], bool]:
+    """``(mean, std, bgr)`` of ``model.preprocess``: what the weights expect, whatever the dataset."""
+    p = cfg.model.preprocess
+    return list(p.mean), list(p.std), bool(p.bgr)
+
+
+def label_mapping(dataset: DictConfig) -> LabelMapping:
+    """The ``dataset`` node's label keys as a :class:`LabelMapping` (raises ConfigError on bad values)."""
+    label_map = OmegaConf.to_container(dataset.label_map) if dataset.label_map is not None else None
+    colours = OmegaConf.to_container(dataset.color_map) if dataset.color_map is not None else None
+    return LabelMapping.from_options(
+        dataset.num_classes, label_map, dataset.reduce_zero_label, list(dataset.ignore_values), colours
+    )
+
+
+def dataset_root(cfg: DictConfig) -> str:
+    """The dataset root, generating the synthetic set on first use."""
+    if cfg.dataset.synthetic is not None:
+        spec = SyntheticSpec(num_classes=cfg.dataset.num_classes, **cfg.dataset.synthetic)
+        ensure_synthetic_voc(cfg.dataset.root, spec)
+    return cfg.dataset.root
+
+
+def dataset_layout(dataset: DictConfig, splits: list[str], root: str | None = None) -> Layout:
+    """Where the files of ``splits`` are; the tree is found under ``dataset.root`` (or ``root``)."""
+    image_dirs = [dataset.image_dir.format(split=s) for s in splits]
+    tree = resolve_root(dataset.family, root or dataset.root, image_dirs)
+    return Layout(
+        tree, dataset.image_dir, dataset.mask_dir, dataset.image_suffix, dataset.mask_suffix, dataset.split_list
+    )
+
+
+def layout_for(cfg: DictConfig, *splits: str) -> Layout:
+    return dataset_layout(cfg.dataset, list(splits), dataset_root(cfg))
+
+
+def class_names(cfg: DictConfig) -> list[str]:
+    """``dataset.class_names`` if given, else VOC's names for VOC-layout data, else ``class_<i>``."""
+    d = cfg.dataset
+    if d.class_names:
+        return list(d.class_names)
+    n = d.num_classes
+    known = VOC_CLASSES if d.get("family", "voc") == "voc" else ()
+    return list(known[:n]) + [f"class_{i}" for i in range(len(known[:n]), n)]
+
+
+def palette(cfg: DictConfig) -> np.ndarray:
+    """(256, 3) uint8 class colours: ``dataset.palette``, else the ``color_map`` colours, else generated.
+
+    The generated colours are VOC's bit-interleaved ``VOClabelcolormap``: VOC's own
+    palette, and distinct colours for any other class count.
+    """
+    d = cfg.dataset
+    table = voc_colormap()
+    given = d.get("palette")
+    if given:
+        table[: len(given)] = np.array(OmegaConf.to_container(given), dtype=np.uint8)
+    elif d.get("color_map") is not None:
+        for colour, cls in label_mapping(d).color_map.items():  # type: ignore[union-attr]
+            if cls < d.num_classes:
+                table[cls] = colour
+    return table
+
+
+def validate_dataset(cfg: DictConfig) -> None:
+    """Dataset keys the schema cannot check: names and palette sizes, the label keys."""
+    d = cfg.dataset
+    if d.class_names and len(d.class_names) != d.num_classes:
+        raise ConfigError(
+            f"dataset.class_names lists {len(d.class_names)} names but dataset.num_classes={d.num_classes}; "
+            "give one name per class."
+        )
+    if d.palette:
+        bad = [c for c in d.palette if len(c) != 3 or not all(0 <= int(v) <= 255 for v in c)]
+        if len(d.palette) < d.num_classes or bad:
+            raise ConfigError(
+                f"dataset.palette must list one [R, G, B] (0..255) per class ({d.num_classes}); it lists "
+                f"{len(d.palette)} entries{' including ' + str(list(bad[0])) if bad else ''}. Set it, or null "
+                "for generated colours."
+            )
+    label_mapping(d)
+
+
+#: Problems no ``dataset.on_error=skip`` can work around.
+_FATAL_KINDS = ("missing_list", "empty_list", "missing_dir", "no_images")
+
+
+def check_dataset_lists(cfg: DictConfig) -> list[Problem]:
+    """The cheap check before training: split lists exist, are not empty, have no duplicates,
+    and every listed image and mask exists (no decoding; milliseconds for VOC's 10,582 ids).
+
+    With ``dataset.on_error=skip`` only problems that skipping cannot fix raise; the rest
+    are returned for a warning and handled sample by sample.
+    """
+    d = cfg.dataset
+    splits = list(dict.fromkeys([d.train_split, d.val_split]))
+    layout = layout_for(cfg, *splits)
+    labels = label_mapping(d)
+    found: list[Problem] = []
+    for split in splits:
+        problems = check_split(layout, split, labels, deep=False).problems
+        if d.on_error == "skip":
+            found += problems
+            problems = [p for p in problems if p.kind in _FATAL_KINDS]
+        require_clean(problems, split, check_command(d.name, d.root, [split]))
+    return found
+
+
+def make_train_loader(
+    cfg: DictConfig, start_iter: int, skip_log: Path | None = None, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """Iteration-based loader: yields ``max_iters * accumulate`` micro-batches from ``start_iter``.
+
+    With ``world_size`` processes each takes ``batch_size / world_size`` samples of
+    every global batch (the same samples and augmentation seeds a single process uses).
+
+    Under ``dataset.on_error=skip`` a bad sample is dropped from its batch (and logged
+    to ``skip_log``); a batch of only bad samples comes out as None.
+    """
+    d, t = cfg.dataset, cfg.trainer
+    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, *normalisation(cfg))
+    dataset = SegmentationDataset(
+        layout_for(cfg, d.train_split),
+        d.train_split,
+        label_mapping(d),
+        transforms,
+        on_error=d.on_error,
+        skip_log=skip_log,
+    )
+    if len(dataset) < t.batch_size:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} is larger than the training split {d.train_split!r} "
+            f"({len(dataset)} images under {dataset.image_dir}); lower trainer.batch_size or use a larger split."
+        )
+    sampler = IterationBatchSampler(
+        len(dataset),
+        t.batch_size // world_size,
+        t.max_iters * t.accumulate,
+        start=start_iter * t.accumulate,
+        seed=t.seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=d.num_workers,
+        collate_fn=collate_kept,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(t.seed),  # never draw from the global RNG (dropout's)
+    )
+
+
+def make_eval_dataset(
+    cfg: DictConfig, split: str | None = None, require_masks: bool = True, skip_log: Path | None = None
+) -> SegmentationDataset:
+    """Whole images of ``split`` (default ``dataset.val_split``), the first ``dataset.subset`` of them."""
+    d = cfg.dataset
+    split = split or d.val_split
+    return SegmentationDataset(
+        layout_for(cfg, split),
+        split,
+        label_mapping(d),
+        eval_transforms(*normalisation(cfg)),
+        subset=d.subset,
+        require_masks=require_masks,
+        on_error=d.on_error,
+        skip_log=skip_log,
+    )
