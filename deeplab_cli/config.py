@@ -150,13 +150,14 @@ class DatasetConfig:
     mask_suffix: str = ".png"
     split_list: Optional[str] = "ImageSets/Segmentation/{split}.txt"
     num_classes: int = 21
-    label_map: Optional[dict[int, int]] = None
+    label_map: Optional[Any] = None  # raw value -> class; Any: Hydra cannot override a None Dict[int, int]
     reduce_zero_label: bool = False
     ignore_values: list[int] = field(default_factory=list)
     color_map: Optional[Any] = None
     class_names: Optional[list[str]] = None
     palette: Optional[list[list[int]]] = None
     crop_size: int = 321
+    crop_width: Optional[int] = None  # null: square crops; else crops are crop_size x crop_width (height x width)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     flip: bool = True
     num_workers: int = 2
@@ -203,6 +204,16 @@ class TrainerConfig:
 
 
 @dataclass
+class LossConfig:
+    """Cross-entropy options for imbalanced classes (see ``data/class_weights.py``, ``engine/losses.py``)."""
+
+    class_weights: Optional[Any] = None  # null | median_frequency | inverse_frequency | [w0, w1, ...]
+    ohem: bool = False  # online hard example mining: keep pixels whose true-class probability < ohem_thresh
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000  # ...but at least this many (the hardest) per process and micro-batch
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backbone: Any = MISSING
@@ -211,6 +222,7 @@ class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     experiment: Optional[Any] = None
     resume: str = "false"
 
@@ -236,6 +248,9 @@ class EvalOptions:
     batch_size: int = 1
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
+    mode: str = "whole"  # whole | slide: overlapping windows, logits averaged (large images, little memory)
+    window: list[int] = field(default_factory=lambda: [769, 769])  # slide: window (height, width)
+    stride: list[int] = field(default_factory=lambda: [513, 513])  # slide: step between windows (height, width)
     trimap: list[int] = field(default_factory=list)
     export: Optional[str] = None
     cache: str = "auto"
@@ -261,6 +276,21 @@ class PredictConfig(EvalConfig):
 
 #: Keys that older versions kept under ``dataset`` and that now live under ``model.preprocess``.
 MOVED_TO_PREPROCESS = ("mean", "std", "bgr")
+
+
+@dataclass
+class CheckDatasetConfig(DatasetConfig):
+    split: Optional[Any] = None  # deeplab-check-data: the same as splits= (one name or a list)
+
+
+@dataclass
+class CheckDataConfig:
+    """``deeplab-check-data``: the dataset keys of training (all of them overridable) and what to check."""
+
+    dataset: CheckDatasetConfig = field(default_factory=CheckDatasetConfig)
+    splits: Optional[Any] = None
+    workers: Any = 8
+    progress: bool = True
 
 
 def migrate_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +320,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="check_data_schema", node=CheckDataConfig)
     cs.store(group="backbone", name="vgg16_schema", node=VGG16Config)
     cs.store(group="backbone", name="resnet_schema", node=ResNetConfig)
     cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)

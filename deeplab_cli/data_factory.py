@@ -6,6 +6,7 @@ per concern; like it, only entry points call this, and modules never see ``cfg``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from .data.check import Problem, check_command, check_split, require_clean
+from .data.class_weights import WEIGHTINGS, check_explicit, count_labels, weights_from_stats
 from .data.collate import collate_kept
 from .data.families import resolve_root
 from .data.labels import LabelMapping
@@ -23,6 +25,7 @@ from .data.sampler import IterationBatchSampler
 from .data.segmentation import SegmentationDataset
 from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from .data.transforms import eval_transforms, train_transforms
+from .engine.losses import LossSpec
 from .errors import ConfigError
 
 
@@ -146,7 +149,8 @@ def make_train_loader(
     to ``skip_log``); a batch of only bad samples comes out as None.
     """
     d, t = cfg.dataset, cfg.trainer
-    transforms = train_transforms(d.crop_size, tuple(d.scale_range), d.flip, *normalisation(cfg))
+    crop = d.crop_size if d.get("crop_width") is None else (d.crop_size, d.crop_width)
+    transforms = train_transforms(crop, tuple(d.scale_range), d.flip, *normalisation(cfg))
     dataset = SegmentationDataset(
         layout_for(cfg, d.train_split),
         d.train_split,
@@ -195,3 +199,68 @@ def make_eval_dataset(
         on_error=d.on_error,
         skip_log=skip_log,
     )
+
+
+CLASS_WEIGHTS_FILE = "class_weights.json"
+
+
+def _weights_key(cfg: DictConfig, method: str) -> dict[str, object]:
+    """What the counted weights depend on: a change (other masks, mapping, split) recounts them."""
+    d = cfg.dataset
+    keys = ("family", "root", "train_split", "image_dir", "mask_dir", "mask_suffix", "split_list", "num_classes",
+            "label_map", "reduce_zero_label", "ignore_values", "color_map")  # fmt: skip
+    return {"method": method, **{k: OmegaConf.to_container(d[k]) if OmegaConf.is_config(d[k]) else d[k] for k in keys}}
+
+
+def class_weights(cfg: DictConfig, run_dir: Path, is_main: bool = True) -> list[float] | None:
+    """``loss.class_weights`` as one weight per class; counted weights are cached in the run dir.
+
+    The counts are taken once over the training masks after label mapping, by rank 0
+    (the caller synchronises the ranks); a resumed run reads ``class_weights.json``.
+    """
+    value = cfg.loss.class_weights
+    if value is None:
+        return None
+    n = cfg.dataset.num_classes
+    if not isinstance(value, str):
+        return check_explicit(list(value), n)
+    if value not in WEIGHTINGS:
+        raise ConfigError(
+            f"loss.class_weights={value!r}; choose null, {', '.join(WEIGHTINGS)} or a list of {n} weights."
+        )
+    path = run_dir / CLASS_WEIGHTS_FILE
+    key = _weights_key(cfg, value)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return [float(w) for w in stored["weights"]]
+    if not is_main:
+        raise ConfigError(f"{path} is missing or stale; rank 0 writes it before the other ranks read it.")
+    d = cfg.dataset
+    stats = count_labels(layout_for(cfg, d.train_split), d.train_split, label_mapping(d), progress=False)
+    weights = weights_from_stats(stats, value)
+    names = class_names(cfg)
+    record = {
+        "key": key,
+        "weights": weights,
+        "per_class": {
+            name: {"weight": w, "pixels": int(p), "images": int(i)}
+            for name, w, p, i in zip(names, weights, stats.pixels, stats.images, strict=False)
+        },  # fmt: skip
+        "masks": stats.masks,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    return weights
+
+
+def loss_spec(cfg: DictConfig, weights: list[float] | None) -> LossSpec:
+    loss = cfg.loss
+    if not 0 < loss.ohem_thresh <= 1 or loss.ohem_min_kept < 0:
+        raise ConfigError(
+            f"loss.ohem_thresh={loss.ohem_thresh} must lie in (0, 1] and loss.ohem_min_kept={loss.ohem_min_kept} "
+            "must be at least 0."
+        )
+    return LossSpec(tuple(weights) if weights is not None else None, loss.ohem, loss.ohem_thresh, loss.ohem_min_kept)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,12 @@ def make_cache(cfg: DictConfig, train_cfg: DictConfig, dataset, settings: EvalSe
         "architecture": {n: OmegaConf.to_container(train_cfg[n], resolve=True) for n in _ARCH_NODES},
         "preprocess": OmegaConf.to_container(train_cfg.model.preprocess),
         "images": str(dataset.image_dir.resolve()),
-        "test_time": {"scales": list(settings.scales), "flip": settings.flip, "batch_size": settings.batch_size},
+        "test_time": {
+            "scales": list(settings.scales),
+            "flip": settings.flip,
+            "batch_size": settings.batch_size,
+            **({"slide": asdict(settings.slide)} if settings.slide is not None else {}),
+        },
     }
     return ProbabilityCache(cfg.eval.cache_dir, key)
 
@@ -243,6 +248,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         test_time={
             "scales": list(settings.scales),
             "flip": settings.flip,
+            "mode": cfg.eval.mode,
+            **(
+                {"window": list(settings.slide.window), "stride": list(settings.slide.stride)} if settings.slide else {}
+            ),
             "output_stride": train_cfg.model.output_stride,
         },
         probabilities={

@@ -13,10 +13,12 @@ from .data.segmentation import ON_ERROR, SegmentationDataset
 from .data_factory import (  # noqa: F401 - the data half of the factory, re-exported for the entry points
     check_dataset_lists,
     class_names,
+    class_weights,
     dataset_layout,
     dataset_root,
     label_mapping,
     layout_for,
+    loss_spec,
     make_eval_dataset,
     make_train_loader,
     normalisation,
@@ -24,6 +26,7 @@ from .data_factory import (  # noqa: F401 - the data half of the factory, re-exp
     validate_dataset,
 )
 from .engine import distributed
+from .engine.inference import SlideSpec
 from .engine.losses import LABEL_POLICIES
 from .engine.metrics import compute_metrics
 from .engine.optim import impl_kwargs
@@ -73,6 +76,11 @@ def _validate_trainer(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} must be a positive norm, or null (no clipping).")
     if cfg.dataset.on_error not in ON_ERROR:
         raise ConfigError(f"dataset.on_error={cfg.dataset.on_error!r}; choose one of {', '.join(ON_ERROR)}.")
+    if cfg.dataset.crop_width is not None and cfg.dataset.crop_width < cfg.model.output_stride:
+        raise ConfigError(
+            f"dataset.crop_width={cfg.dataset.crop_width} is smaller than model.output_stride="
+            f"{cfg.model.output_stride}; use null (square crops) or at least {cfg.model.output_stride}."
+        )
     if cfg.dataset.crop_size < cfg.model.output_stride:
         raise ConfigError(
             f"dataset.crop_size={cfg.dataset.crop_size} is smaller than model.output_stride="
@@ -194,6 +202,7 @@ def eval_settings(options: DictConfig, crf: DictConfig, num_classes: int, has_ta
         raise ConfigError(f"eval.export={options.export!r} is unknown; choose one of {', '.join(EXPORTS)} or null.")
     if str(options.cache).lower() not in CACHE_MODES:
         raise ConfigError(f"eval.cache={options.cache!r}; choose one of {', '.join(CACHE_MODES)}.")
+    slide = slide_spec(options)
     workers = crf.workers if crf.workers is not None else default_workers()
     if workers < 0:
         raise ConfigError(f"crf.workers={crf.workers} must be 0 (in-process), a positive count or null (all cores).")
@@ -207,7 +216,36 @@ def eval_settings(options: DictConfig, crf: DictConfig, num_classes: int, has_ta
         crf_workers=workers,
         trimap=tuple(int(w) for w in options.trimap) if has_targets else (),
         progress=options.progress,
+        slide=slide,
     )
+
+
+EVAL_MODES = ("whole", "slide")
+
+
+def slide_spec(options: DictConfig) -> SlideSpec | None:
+    """``eval.mode``, ``eval.window`` and ``eval.stride`` as a :class:`SlideSpec` (None: whole images)."""
+    if options.mode not in EVAL_MODES:
+        raise ConfigError(f"eval.mode={options.mode!r}; choose one of {', '.join(EVAL_MODES)}.")
+    if options.mode == "whole":
+        return None
+    pairs = {}
+    for key in ("window", "stride"):
+        value = list(options[key])
+        if len(value) == 1:
+            value = value * 2
+        if len(value) != 2 or min(value) < 1:
+            raise ConfigError(
+                f"eval.{key}={list(options[key])} must be [height, width] in pixels (or one number for both), "
+                "e.g. eval.window=[769,769] eval.stride=[513,513]."
+            )
+        pairs[key] = (int(value[0]), int(value[1]))
+    if pairs["stride"][0] > pairs["window"][0] or pairs["stride"][1] > pairs["window"][1]:
+        raise ConfigError(
+            f"eval.stride={list(pairs['stride'])} is larger than eval.window={list(pairs['window'])}: pixels between "
+            "windows would get no prediction. Use a stride of at most the window (e.g. 2/3 of it)."
+        )
+    return SlideSpec(pairs["window"], pairs["stride"])
 
 
 def select_device(name: str) -> torch.device:

@@ -78,5 +78,10 @@ class SweepSummary(Callback):
         jobs = write_summary(sweep_dir)
         if jobs:
             best = jobs[0]
-            log.info("sweep of %d jobs; best mIoU %.2f with %s (%s)", len(jobs), best["mIoU"], best["setting"],
-                     sweep_dir / "summary.md")
+            log.info(
+                "sweep of %d jobs; best mIoU %.2f with %s (%s)",
+                len(jobs),
+                best["mIoU"],
+                best["setting"],
+                sweep_dir / "summary.md",
+            )

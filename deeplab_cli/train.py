@@ -38,6 +38,7 @@ from .engine.checkpoint import (
 )
 from .engine.logger import TensorBoardLogger, format_table
 from .engine.loop import StepResult, freeze_batchnorm, group_micro_batches, train_step
+from .engine.losses import LossSpec
 from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .engine.precision import grad_scaler, to_memory_format
 from .engine.signals import REQUEUE_SIGNALS, StopOnSignals
@@ -192,6 +193,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_writable(run_dir / "checkpoints", "the checkpoint folder of the run directory (hydra.run.dir)")
     _check_data(cfg, info)
+    spec = _loss_spec(cfg, run_dir, info)
     t = cfg.trainer
     resume = str(cfg.resume).lower()
     if resume == "false" and slurm.restart_count() > 0:
@@ -229,7 +231,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         log.info("resumed from %s at iteration %d", resume_path, start)
     tb = TensorBoardLogger(run_dir / "tensorboard", enabled=info.is_main, palette=factory.palette(cfg))
     try:
-        metrics = _loop(model, (optimizer, scheduler, scaler), cfg, start, best, tb, run_dir, device)
+        metrics = _loop(model, (optimizer, scheduler, scaler), cfg, start, best, tb, run_dir, device, spec)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
             metrics = validate_model(model, cfg, device, tb, t.max_iters, run_dir, final=True)
     finally:
@@ -242,8 +244,9 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     skipped = skipped_samples(run_dir / SKIP_LOG)
     if skipped is not None:
         metrics["skipped_samples"] = skipped
-        log.warning("%d bad samples were skipped (dataset.on_error=skip):\n%s", skipped["count"],
-                    "\n".join(skipped["errors"]))
+        log.warning(
+            "%d bad samples were skipped (dataset.on_error=skip):\n%s", skipped["count"], "\n".join(skipped["errors"])
+        )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("final validation:\n%s", format_table(metrics))
     return metrics
@@ -259,7 +262,24 @@ def _check_data(cfg: DictConfig, info: distributed.DistInfo) -> None:
         factory.check_dataset_lists(cfg)
 
 
-def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, device) -> dict[str, Any]:
+def _loss_spec(cfg: DictConfig, run_dir: Path, info: distributed.DistInfo) -> LossSpec:
+    """``loss.*``; counted class weights come from rank 0 (written to the run dir), the same on every rank."""
+    if info.is_main:
+        weights = factory.class_weights(cfg, run_dir)
+    distributed.barrier()
+    if not info.is_main:
+        weights = factory.class_weights(cfg, run_dir, is_main=False)
+    spec = factory.loss_spec(cfg, weights)
+    if weights is not None:
+        names = factory.class_names(cfg)
+        log.info("class weights (%s): %s", cfg.loss.class_weights if isinstance(cfg.loss.class_weights, str) else
+                 "given", ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights, strict=True)))  # fmt: skip
+    if spec.ohem:
+        log.info("OHEM: pixels with true-class probability < %g, at least %d", spec.ohem_thresh, spec.ohem_min_kept)
+    return spec
+
+
+def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, device, spec=None) -> dict[str, Any]:
     """Iterations ``start+1 .. max_iters`` with logging, validation and checkpoints.
 
     ``model`` is the eager module (validated and saved); the training steps run its
@@ -292,7 +312,7 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
             batch = _next_batch(steps, it, last, progress)
             step = train_step(
                 trained, batch, optimizer, scheduler, t.label_policy, device, t.freeze_bn, t.grad_clip,
-                t.precision, scaler, t.channels_last, reduce_loss,
+                t.precision, scaler, t.channels_last, reduce_loss, spec,
             )  # fmt: skip
             bar.update(1)
             _check_finite(step, it, t.on_nonfinite, last, progress, tb)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_SAMPLE = REPO.parent / "shared" / "data" / "voc_sample"
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
 BIN = Path(sys.executable).parent
 MODEL_PRESETS = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
@@ -19,9 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.y
 def cli(name: str, *args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run console script ``name`` as a user would; Hydra's own error reporting left at its default."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [str(BIN / name), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
-    )
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def tree_digest(root: Path) -> dict[str, str]:

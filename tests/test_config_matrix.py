@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clitools import EXPERIMENTS, MODEL_PRESETS, VOC_SAMPLE, cli, tree_digest, voc_copy
+from clitools import EXPERIMENTS, MODEL_PRESETS, REPO, VOC_SAMPLE, cli, tree_digest, voc_copy
 from hydra_compose import compose_train
 
 from deeplab_cli import factory
@@ -21,7 +21,8 @@ from deeplab_cli.benchmark import main as benchmark_main
 from deeplab_cli.models.builder import build_model
 from deeplab_cli.models.importers.base import meta_build
 
-DATASETS = ["synthetic", "voc", "voc_aug"]
+DATASETS = sorted(p.stem for p in (REPO / "configs" / "dataset").glob("*.yaml"))
+NUM_CLASSES = {"folder": 2, "cityscapes": 19, "cityscapes_trainids": 19, "ade20k": 150, "camvid": 11}
 COMMANDS = ["train", "eval", "predict"]
 needs_voc = pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
 
@@ -34,7 +35,7 @@ def test_every_preset_composes_with_every_dataset_and_command(preset: str, datas
     cfg = compose_train([f"model={preset}", f"dataset={dataset}", *extra], config_name=command)
     factory.validate(cfg)
     assert cfg.model.name == preset and cfg.dataset.name == dataset
-    assert cfg.model.num_classes == cfg.dataset.num_classes == 21
+    assert cfg.model.num_classes == cfg.dataset.num_classes == NUM_CLASSES.get(dataset, 21)
 
 
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
@@ -50,7 +51,7 @@ def test_every_experiment_composes_with_dataset_and_model_overrides(experiment: 
     for extra in ([], ["model=deeplabv3plus_mobilenet_v2"], ["model.output_stride=16", "trainer.max_iters=1"]):
         cfg = compose_train([f"experiment={experiment}", *([dataset] if dataset else []), *extra])
         factory.validate(cfg)
-        assert cfg.trainer.max_iters == 1 if "trainer.max_iters=1" in extra else cfg.trainer.max_iters >= 6000
+        assert cfg.trainer.max_iters == 1 if "trainer.max_iters=1" in extra else cfg.trainer.max_iters >= 1000
 
 
 def _one_line(stderr: str) -> str:

@@ -76,7 +76,10 @@ def test_default_config_is_valid_and_is_the_quickstart() -> None:
     assert cfg.dataset.name == "synthetic" and cfg.model.name == "quickstart" and cfg.experiment is None
     assert cfg.model.pretrained is False  # the default run must work offline
     assert (cfg.backbone.name, cfg.backbone.width_mult, cfg.head.name, cfg.optim.name) == (
-        "vgg16", 0.25, "largefov", "adamw"
+        "vgg16",
+        0.25,
+        "largefov",
+        "adamw",
     )
 
 

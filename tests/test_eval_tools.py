@@ -312,9 +312,7 @@ def test_trimap_wide_band_equals_plain_miou_and_pictures_are_written(tmp_path: P
 
 
 def test_eval_at_output_stride_8_of_a_model_trained_at_16(tmp_path: Path, synthetic_root: Path) -> None:
-    cfg = compose_train(
-        [f"dataset.root={synthetic_root}", "model=deeplabv3_resnet50", "model.output_stride=16"]
-    )
+    cfg = compose_train([f"dataset.root={synthetic_root}", "model=deeplabv3_resnet50", "model.output_stride=16"])
     torch.manual_seed(0)
     model = factory.make_model(cfg, pretrained=False)
     path = tmp_path / "os16.pt"

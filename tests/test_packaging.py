@@ -25,9 +25,17 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    configs = ("train.yaml", "eval.yaml", "predict.yaml", "check_data.yaml", "model/deeplabv1_largefov.yaml",
-               "model/quickstart.yaml", "trainer/quickstart.yaml", "crf/deeplabv2_resnet101.yaml",
-               "sweep/crf_grid.yaml")
+    configs = (
+        "train.yaml",
+        "eval.yaml",
+        "predict.yaml",
+        "check_data.yaml",
+        "model/deeplabv1_largefov.yaml",
+        "model/quickstart.yaml",
+        "trainer/quickstart.yaml",
+        "crf/deeplabv2_resnet101.yaml",
+        "sweep/crf_grid.yaml",
+    )
     for cfg in configs:
         assert f"deeplab_cli/configs/{cfg}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

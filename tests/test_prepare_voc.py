@@ -308,7 +308,7 @@ def test_resume_sends_range_and_appends(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(urllib.request, "urlopen", srv)
     path = pv.download(resource, tmp_path)
     assert [r.get_header("Range") for r in srv.requests] == [f"bytes={half}-"]
-    assert pv.md5sum(path) == resource.md5
+    assert pv.md5sum(path) == resource.digest
     assert not (tmp_path / "blob.bin.part").exists()
 
 

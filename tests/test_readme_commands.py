@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from clitools import REPO, VOC_SAMPLE, cli, tree_digest, voc_copy
+from clitools import CAMVID, REPO, VOC_SAMPLE, cli, tree_digest, voc_copy
 
 from deeplab_cli.data.synthetic import MARKER, SyntheticSpec, ensure_synthetic_voc
 
@@ -32,6 +32,8 @@ NOT_RUN = {
     "pip install": "installs an extra",
     ".venv/bin/python -m pytest": "the test suite itself",
     "python scripts/prepare_voc.py": "downloads 3.4 GB; tests/test_prepare_voc.py runs it on a mocked download",
+    "python scripts/prepare_ade20k.py": "downloads 923 MB; tests/test_prepare_datasets.py runs it on a local archive",
+    "python scripts/prepare_cityscapes.py": "needs the zips (login); tests/test_prepare_datasets.py writes small ones",
     "torchrun": "needs several GPUs; tests/test_distributed.py runs torchrun with 2 CPU processes",
     "srun": "needs a SLURM cluster; tests/test_slurm.py runs the same requeue path",
     "deeplab-train -m hydra/launcher=deeplab_slurm": "needs a SLURM cluster; tests/test_slurm.py uses submitit_local",
@@ -81,8 +83,10 @@ def test_every_readme_command_is_run_or_has_a_reason() -> None:
     for command in commands:
         words = shlex.split(command)
         program = Path(words[0]).name
-        assert _reason_not_run(command) or program.startswith("deeplab-") or command.startswith(
-            "python scripts/benchmark.py"
+        assert (
+            _reason_not_run(command)
+            or program.startswith("deeplab-")
+            or command.startswith("python scripts/benchmark.py")
         ), f"README command neither run by this test nor listed in NOT_RUN: {command}"
 
 
@@ -112,16 +116,37 @@ def _workspace(cwd: Path) -> dict[str, Path]:
     torch.save(random_state(read_keys(KAZUTO), seed=1), cwd / "deeplabv2_resnet101_msc-vocaug-20000.pth")
     _vainf_file(cwd / "best_deeplabv3plus_resnet101_voc_os16.pth", "vainf_deeplabv3plus_resnet101_os16.keys.tsv", 2)
     _vainf_file(cwd / "best_deeplabv3plus_mobilenet_voc_os16.pth", "vainf_deeplabv3plus_mobilenet_os16.keys.tsv", 3)
-    return {"voc": cwd / "data" / "VOCdevkit", "mine": mine}
+    from test_dataset_families import ade_tree, cityscapes_tree
+
+    camvid = cwd / "data" / "camvid"  # three real CamVid frames per split, SegNet layout, JPEG images
+    for split in ("train", "val"):
+        for sub, suffix in ((split, ".jpg"), (f"{split}annot", ".png")):
+            (camvid / sub).mkdir(parents=True)
+            for name in sorted(p.stem for p in (CAMVID / split).glob("*.jpg"))[:3]:
+                shutil.copy(CAMVID / sub / f"{name}{suffix}", camvid / sub / f"{name}{suffix}")
+    cityscapes_tree(cwd / "data" / "cityscapes")
+    ade_tree(cwd / "data" / "ade")
+    return {
+        "voc": cwd / "data" / "VOCdevkit",
+        "mine": mine,
+        "camvid": camvid,
+        "cityscapes": cwd / "data" / "cityscapes",
+        "ade": cwd / "data" / "ade",
+    }
 
 
-def _checkpoint(cwd: Path) -> Path:
-    """``C``: a quick-start checkpoint trained (one iteration) on the VOC copy."""
-    run = cwd / "c_run"
-    proc = cli("deeplab-train", f"hydra.run.dir={run}", "dataset=voc", "dataset.root=data", *SHRINK["deeplab-train"],
-               cwd=cwd)  # fmt: skip
+def _checkpoint(cwd: Path, dataset: str = "voc", root: str = "data") -> Path:
+    """``C``: a quick-start checkpoint trained (one iteration) on the VOC copy (or another dataset's tree)."""
+    run = cwd / f"c_run_{dataset}"
+    proc = cli("deeplab-train", f"hydra.run.dir={run}", f"dataset={dataset}", f"dataset.root={root}",
+               *SHRINK["deeplab-train"], cwd=cwd)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run / "checkpoints" / "last.pt"
+
+
+#: ``dataset.root=`` placeholders of the README -> the workspace folder standing for them
+ROOTS = {"/data/mine": "data/mine", "/data/camvid": "data/camvid", "/data/cityscapes": "data/cityscapes",
+         "/data/ade": "data/ade"}  # fmt: skip
 
 
 def _substitute(words: list[str], cwd: Path, ckpt: Path) -> list[str]:
@@ -135,7 +160,7 @@ def _substitute(words: list[str], cwd: Path, ckpt: Path) -> list[str]:
         elif key == "model.init_from" and not value.endswith(".pth"):
             word = f"model.init_from={ckpt}"
         elif key == "dataset.root" and value.startswith(("/data/", "/other/")):
-            word = "dataset.root=data/mine" if value == "/data/mine" else "dataset.root=data"
+            word = f"dataset.root={ROOTS.get(value, 'data')}"
         elif key == "input":
             word = f"input={value.replace('photos/', str(cwd / 'photos') + '/')}"
         elif key == "output":
@@ -172,7 +197,8 @@ HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is n
 @pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
 def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> None:
     data = _workspace(tmp_path)
-    ckpt = _checkpoint(tmp_path)
+    voc_ckpt = _checkpoint(tmp_path)
+    cityscapes_ckpt = _checkpoint(tmp_path, "cityscapes", "data/cityscapes")
     before = {name: tree_digest(path) for name, path in data.items()}
     ran = 0
     for command in readme_commands():
@@ -180,6 +206,7 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
             continue
         if ("crf=" in command and not HAS_CRF) or ("crf_optuna" in command and not HAS_OPTUNA):
             continue
+        ckpt = cityscapes_ckpt if "dataset=cityscapes" in command else voc_ckpt
         program, args = _program(_substitute(shlex.split(command), tmp_path, ckpt))
         args = _shrunk(args, SHRINK.get(program, []))
         extra = [override for marker, shrink in SWEEP_SHRINK.items() if marker in command for override in shrink]
@@ -199,4 +226,11 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
         for name, path in data.items():
             assert tree_digest(path) == before[name], f"README: {command} wrote under {path}"
     assert ran >= 30
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["VOCdevkit", "mine", "synthetic"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "VOCdevkit",
+        "ade",
+        "camvid",
+        "cityscapes",
+        "mine",
+        "synthetic",
+    ]

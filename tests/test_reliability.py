@@ -241,8 +241,9 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     stopped = load_checkpoint(run / "checkpoints" / "last.pt")["iteration"]
     assert f"SIGTERM after iteration {stopped};" in err and "resume=true" in err
     assert 0 < stopped < 150
-    done = cli(f"hydra.run.dir={run}", f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=150", "resume=auto",
-               timeout=600)
+    done = cli(
+        f"hydra.run.dir={run}", f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=150", "resume=auto", timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 150
     assert f"resumed from {run / 'checkpoints' / 'last.pt'} at iteration {stopped}" in done.stderr + done.stdout

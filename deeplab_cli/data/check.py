@@ -71,22 +71,22 @@ class LabelStats:
     num_classes: int
     pixels: np.ndarray = field(init=False)
     images: np.ndarray = field(init=False)
+    #: per class: the labelled pixels of the images that contain it (median-frequency weights need it)
+    present_pixels: np.ndarray = field(init=False)
     masks: int = 0
 
     def __post_init__(self) -> None:
         self.pixels = np.zeros(self.num_classes + 1, dtype=np.int64)
         self.images = np.zeros(self.num_classes, dtype=np.int64)
+        self.present_pixels = np.zeros(self.num_classes, dtype=np.int64)
 
     def add(self, counts: np.ndarray) -> None:
         """Counts of one mask, as :meth:`LabelMapping.counts` gives them."""
+        present = counts[: self.num_classes] > 0
         self.pixels += counts
-        self.images += counts[: self.num_classes] > 0
+        self.images += present
+        self.present_pixels += present * counts[: self.num_classes].sum()
         self.masks += 1
-
-    def merge(self, other: LabelStats) -> None:
-        self.pixels += other.pixels
-        self.images += other.images
-        self.masks += other.masks
 
     def as_dict(self, names: list[str]) -> dict[str, object]:
         return {

@@ -56,14 +56,23 @@ def parse_colour(value: Any, where: str) -> Colour:
 
 
 def parse_color_map(value: Any, num_classes: int) -> dict[Colour, int] | None:
-    """``dataset.color_map``: a list of one ``[R, G, B]`` per class (index = class), or a mapping
-    ``"R,G,B": class`` (several colours may share a class; class 255 ignores the colour)."""
+    """``dataset.color_map`` in one of three forms (several colours may share a class; class 255 ignores
+    a colour):
+
+    - ``[[R, G, B], ...]``: one colour per class, the index is the class;
+    - ``[[R, G, B, class], ...]``: explicit classes (the form a command line can write);
+    - ``{"R,G,B": class, ...}``: the same as a YAML mapping.
+    """
     if value is None:
         return None
     if isinstance(value, Mapping):
         pairs = [(parse_colour(k, f"dataset.color_map key {k!r}"), v) for k, v in value.items()]
     else:
-        pairs = [(parse_colour(c, f"dataset.color_map[{i}]"), i) for i, c in enumerate(value)]
+        pairs = []
+        for i, entry in enumerate(value):
+            explicit = not isinstance(entry, str) and len(entry) == 4
+            colour = parse_colour(list(entry)[:3] if explicit else entry, f"dataset.color_map[{i}]")
+            pairs.append((colour, entry[3] if explicit else i))
     mapping: dict[Colour, int] = {}
     for colour, cls in pairs:
         if not isinstance(cls, int) or not (0 <= cls < num_classes or cls == IGNORE_INDEX):

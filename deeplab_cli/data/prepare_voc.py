@@ -53,23 +53,24 @@ class PrepareError(RuntimeError):
 
 @dataclass(frozen=True)
 class Resource:
-    """One archive to download; kept in a table so tests can swap URL and md5."""
+    """One archive to download; kept in a table so tests can swap URL and checksum."""
 
     filename: str
     url: str
-    md5: str
+    digest: str
+    algorithm: str = "md5"  # any hashlib name: ADE20K's published checksum is a sha1
 
 
 RESOURCES: dict[str, Resource] = {
     "voc": Resource(
         filename="VOCtrainval_11-May-2012.tar",
         url=("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"),
-        md5="6cd6e144f989b92b3379bac3b3de84fd",
+        digest="6cd6e144f989b92b3379bac3b3de84fd",
     ),
     "sbd": Resource(
         filename="benchmark.tgz",
         url=("http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz"),
-        md5="82b4d87ceb2ed10f6038a1cba92111cb",
+        digest="82b4d87ceb2ed10f6038a1cba92111cb",
     ),
 }
 
@@ -111,22 +112,22 @@ class Layout:
 # -------------------------------------------------------------------------- download
 
 
-def md5sum(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
+def md5sum(path: Path, chunk_size: int = CHUNK_SIZE, algorithm: str = "md5") -> str:
     """Hash ``path`` in chunks so multi-GB archives never sit in memory."""
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     with path.open("rb") as fh:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def verify_md5(path: Path, expected: str) -> None:
-    """Delete ``path`` and raise if its md5 differs, so a re-run fetches it cleanly."""
-    actual = md5sum(path)
+def verify_md5(path: Path, expected: str, algorithm: str = "md5") -> None:
+    """Delete ``path`` and raise if its checksum differs, so a re-run fetches it cleanly."""
+    actual = md5sum(path, algorithm=algorithm)
     if actual != expected.lower():
         path.unlink(missing_ok=True)
         raise PrepareError(
-            f"Checksum mismatch for {path.name} ({path}): expected md5 {expected}, "
+            f"Checksum mismatch for {path.name} ({path}): expected {algorithm} {expected}, "
             f"got {actual}. The corrupt file was deleted; re-run to download it again."
         )
 
@@ -143,7 +144,7 @@ def download(resource: Resource, downloads: Path) -> Path:
         part = target.with_name(target.name + ".part")
         _fetch(resource.url, part, target)
         part.replace(target)
-    verify_md5(target, resource.md5)
+    verify_md5(target, resource.digest, resource.algorithm)
     return target
 
 

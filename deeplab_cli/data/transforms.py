@@ -62,14 +62,17 @@ def _finish(mean: Sequence[float], std: Sequence[float], bgr: bool = False) -> l
 
 
 def train_transforms(
-    crop_size: int,
+    crop_size: int | tuple[int, int],
     scale_range: tuple[float, float] = (0.5, 1.5),
     flip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     bgr: bool = False,
 ) -> v2.Compose:
-    """Random scale, pad (image with the mean colour, label with 255), random crop, flip, normalise."""
+    """Random scale, pad (image with the mean colour, label with 255), random crop, flip, normalise.
+
+    ``crop_size`` is square, or (height, width) for wide frames (Cityscapes' 512x1024).
+    """
     fill = {tv_tensors.Image: tuple(round(255 * m) for m in mean), tv_tensors.Mask: IGNORE_INDEX}
     ops: list[v2.Transform] = [v2.ToImage()]
     if scale_range != (1.0, 1.0):

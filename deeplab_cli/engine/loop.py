@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from .losses import total_loss
+from .losses import LossSpec, total_loss
 from .precision import autocast, memory_format
 
 
@@ -49,6 +49,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
     reduce_loss: Callable[[Tensor], Tensor] | None = None,
+    loss_spec: LossSpec | None = None,
 ) -> StepResult:
     """One optimizer step over the accumulated micro-batches; returns the mean loss.
 
@@ -77,7 +78,7 @@ def train_step(
         defer = no_sync() if no_sync is not None and k < len(batches) - 1 else contextlib.nullcontext()
         with defer:
             with autocast(device, precision):
-                loss = total_loss(model(images), labels, label_policy) / len(batches)
+                loss = total_loss(model(images), labels, label_policy, loss_spec) / len(batches)
             scaler.scale(loss).backward()
         total += loss.detach().float()
     value = float(reduce_loss(total) if reduce_loss is not None else total)

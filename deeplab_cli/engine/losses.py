@@ -1,9 +1,12 @@
-"""Cross-entropy with the ignore label under the two DeepLab label policies."""
+"""Cross-entropy with the ignore label under the two DeepLab label policies, with optional class
+weights (imbalanced classes: CamVid's poles, Cityscapes' riders) and online hard example mining."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,8 +27,39 @@ def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 
 
-def segmentation_loss(logits: Tensor, labels: Tensor, policy: str = "nearest") -> Tensor:
-    """CE(ignore 255) between ``logits`` (B,C,h,w) and ``labels`` (B,H,W).
+@dataclass(frozen=True)
+class LossSpec:
+    """``loss.*``: per-class weights (C,) or None, and OHEM's probability threshold and minimum kept pixels.
+
+    OHEM (online hard example mining, as mmsegmentation's ``OHEMPixelSampler``) keeps
+    the labelled pixels whose softmax probability of the true class is below
+    ``ohem_thresh``, and never fewer than ``ohem_min_kept`` of them (the hardest ones),
+    per process and micro-batch; the loss is the (weighted) mean over the kept pixels.
+    """
+
+    class_weights: tuple[float, ...] | None = None
+    ohem: bool = False
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
+
+
+def ohem_mask(logits: Tensor, labels: Tensor, thresh: float, min_kept: int) -> Tensor:
+    """(B, H, W) bool: the hard pixels to keep; at least ``min(min_kept, labelled pixels)`` of them."""
+    with torch.no_grad():
+        valid = labels != IGNORE_INDEX
+        probs = logits.float().softmax(1)
+        true_prob = probs.gather(1, torch.where(valid, labels, 0)[:, None])[:, 0]
+        kept = valid & (true_prob < thresh)
+        n_valid = int(valid.sum())
+        if min_kept > 0 and n_valid and int(kept.sum()) < min(min_kept, n_valid):
+            k = min(min_kept, n_valid)
+            kth = true_prob[valid].kthvalue(k).values  # the k-th smallest true-class probability
+            kept = valid & (true_prob <= kth)
+    return kept
+
+
+def segmentation_loss(logits: Tensor, labels: Tensor, policy: str = "nearest", spec: LossSpec | None = None) -> Tensor:
+    """CE(ignore 255) between ``logits`` (B,C,h,w) and ``labels`` (B,H,W), weighted and mined per ``spec``.
 
     ``nearest`` (DeepLab v1/v2) shrinks the labels to the logits; ``upsample``
     (v3/v3+) upsamples the logits bilinearly to the labels.
@@ -36,15 +70,26 @@ def segmentation_loss(logits: Tensor, labels: Tensor, policy: str = "nearest") -
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     else:
         raise ValueError(f"label policy {policy!r} is unknown; choose one of {LABEL_POLICIES}")
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    weight = None
+    if spec is not None and spec.class_weights is not None:
+        weight = torch.tensor(spec.class_weights, dtype=torch.float32, device=logits.device)
+    if spec is None or not spec.ohem:
+        return F.cross_entropy(logits.float() if weight is not None else logits, labels, weight=weight,
+                               ignore_index=IGNORE_INDEX)  # fmt: skip
+    kept = ohem_mask(logits, labels, spec.ohem_thresh, spec.ohem_min_kept)
+    pixel = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+    norm = weight[torch.where(kept, labels, 0)] * kept if weight is not None else kept.float()
+    return (pixel * kept).sum() / norm.sum().clamp_min(1e-12)
 
 
-def total_loss(outputs: Mapping[str, Tensor | list[Tensor]], labels: Tensor, policy: str) -> Tensor:
+def total_loss(
+    outputs: Mapping[str, Tensor | list[Tensor]], labels: Tensor, policy: str, spec: LossSpec | None = None
+) -> Tensor:
     """Loss on ``outputs["out"]`` plus one term per entry of ``outputs["aux"]`` (if any).
 
     Multi-scale training (MSC, attention E-sup) puts per-scale logits in ``aux``.
     """
-    loss = segmentation_loss(outputs["out"], labels, policy)
+    loss = segmentation_loss(outputs["out"], labels, policy, spec)
     for extra in outputs.get("aux", []):
-        loss = loss + segmentation_loss(extra, labels, policy)
+        loss = loss + segmentation_loss(extra, labels, policy, spec)
     return loss

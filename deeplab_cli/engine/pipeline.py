@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data.palette import IGNORE_INDEX
 from ..postprocess.crf import CRFParams, CRFPool
 from .distributed import all_reduce_max_, all_reduce_sum_, shard
-from .inference import pad_collate, predict_probabilities, size_sorted_batches
+from .inference import SlideSpec, pad_collate, predict_probabilities, size_sorted_batches
 from .metrics import ConfusionMatrix
 from .precision import autocast, memory_format
 from .prob_cache import ProbabilityCache
@@ -47,6 +47,8 @@ class EvalSettings:
     progress: bool = False
     precision: str = "fp32"
     channels_last: bool = False
+    #: ``eval.mode=slide``: windows and strides; None evaluates whole images
+    slide: SlideSpec | None = None
     #: ``(rank, world_size)``: this process scores images ``rank, rank + world_size, ...`` only
     shard: tuple[int, int] = (0, 1)
 
@@ -99,7 +101,7 @@ def _network_outputs(
         images, targets, idx, hw = batch
         images = images.to(device, non_blocking=True, memory_format=memory_format(s.channels_last))
         with autocast(device, s.precision):
-            probs = predict_probabilities(model, images, s.scales, s.flip)
+            probs = predict_probabilities(model, images, s.scales, s.flip, s.slide)
         preds = probs.argmax(1)
         for j in range(len(idx)):
             h, w = int(hw[j, 0]), int(hw[j, 1])
