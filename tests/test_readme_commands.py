@@ -48,6 +48,7 @@ SHRINK = {
     "deeplab-eval": ["dataset.subset=1", "eval.num_workers=0", "eval.progress=false", "eval.plots=false"],
     "deeplab-predict": ["eval.num_workers=0", "eval.progress=false"],
     "deeplab-check-data": ["progress=false", "workers=2"],
+    "scripts/benchmark_slide.py": ["size=96x64", "window=48", "stride=32", "threads=2"],
     "scripts/benchmark.py": [
         "crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=40x32", "compile=false",
         "threads=2",
@@ -86,7 +87,7 @@ def test_every_readme_command_is_run_or_has_a_reason() -> None:
         assert (
             _reason_not_run(command)
             or program.startswith("deeplab-")
-            or command.startswith("python scripts/benchmark.py")
+            or command.startswith(("python scripts/benchmark.py", "python scripts/benchmark_slide.py"))
         ), f"README command neither run by this test nor listed in NOT_RUN: {command}"
 
 
@@ -184,8 +185,8 @@ def _shrunk(args: list[str], shrink: list[str]) -> list[str]:
 
 
 def _program(words: list[str]) -> tuple[str, list[str]]:
-    if words[0] == "python" and words[1] == "scripts/benchmark.py":
-        return "scripts/benchmark.py", words[2:]
+    if words[0] == "python" and words[1] in ("scripts/benchmark.py", "scripts/benchmark_slide.py"):
+        return words[1], words[2:]
     return Path(words[0]).name, words[1:]
 
 
@@ -215,9 +216,10 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
         if "-m" in args:
             extra.append(f"hydra.sweep.dir={tmp_path / 'sweeps' / str(ran)}")
         start = time.perf_counter()
-        if program == "scripts/benchmark.py":
+        if program.startswith("scripts/"):
+            (tmp_path / "bench").mkdir(exist_ok=True)
             extra.append(f"out={tmp_path / 'bench' / f'{ran}.json'}")
-            proc = cli("python", str(REPO / "scripts" / "benchmark.py"), *args, *extra, cwd=tmp_path)
+            proc = cli("python", str(REPO / program), *args, *extra, cwd=tmp_path)
         else:
             proc = cli(program, *args, *extra, cwd=tmp_path)
         print(f"{time.perf_counter() - start:6.1f} s  {command}")
