@@ -15,11 +15,10 @@ verified. Class names, palette and ``reduce_zero_label`` are in
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .archives import MARKER_SUFFIX, extract_zip
-from .prepare_voc import PrepareError, Resource, download
+from .prepare_voc import PrepareError, run_prepare, Resource, download
 
 RESOURCE = Resource(
     "ADEChallengeData2016.zip",
@@ -74,12 +73,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
     parser.add_argument("--keep-archives", action="store_true", help="keep the zip after success")
     args = parser.parse_args(argv)
-    try:
-        prepare(args.root, args.keep_archives)
-    except PrepareError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_prepare(lambda: prepare(args.root, args.keep_archives))

@@ -14,11 +14,10 @@ labelIds for the benchmark server.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .archives import MARKER_SUFFIX, extract_zip
-from .prepare_voc import PrepareError
+from .prepare_voc import PrepareError, run_prepare
 
 ZIPS = {"leftImg8bit": "leftImg8bit_trainvaltest.zip", "gtFine": "gtFine_trainvaltest.zip"}
 SPLIT_SIZES = {"train": 2975, "val": 500, "test": 1525}
@@ -75,9 +74,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zips", type=Path, required=True, help="folder holding " + " and ".join(ZIPS.values()))
     parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
     args = parser.parse_args(argv)
-    try:
-        prepare(args.zips, args.root)
-    except PrepareError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_prepare(lambda: prepare(args.zips, args.root))

@@ -30,6 +30,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,16 +457,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the process exit code."""
-    args = parse_args(argv)
+def run_prepare(action: Callable[[], object]) -> int:
+    """Run a prepare step as a command: its error as one ``error:`` line (exit 1), Ctrl-C as "re-run" (130)."""
     try:
-        prepare(
-            args.root,
-            skip_sbd=args.skip_sbd,
-            keep_archives=args.keep_archives,
-            workers=args.workers,
-        )
+        action()
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -473,6 +468,14 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the process exit code."""
+    args = parse_args(argv)
+    return run_prepare(
+        lambda: prepare(args.root, skip_sbd=args.skip_sbd, keep_archives=args.keep_archives, workers=args.workers)
+    )
 
 
 if __name__ == "__main__":
