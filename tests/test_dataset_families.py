@@ -247,16 +247,6 @@ def test_label_mapping_rules() -> None:
         LabelMapping(3, label_map={40: 7})
 
 
-def test_dataset_presets_compose_with_every_model_preset() -> None:
-    from clitools import MODEL_PRESETS
-
-    for dataset in ("cityscapes", "cityscapes_trainids", "ade20k", "camvid"):
-        for model in MODEL_PRESETS:
-            cfg = compose_train([f"dataset={dataset}", f"model={model}"])
-            factory.validate(cfg)
-            assert cfg.model.num_classes == cfg.dataset.num_classes
-
-
 # --- real CamVid frames (../shared/data/camvid: SegNet layout, JPEG images) ---------------------------------
 
 

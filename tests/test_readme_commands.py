@@ -117,7 +117,7 @@ def _workspace(cwd: Path) -> dict[str, Path]:
     torch.save(random_state(read_keys(KAZUTO), seed=1), cwd / "deeplabv2_resnet101_msc-vocaug-20000.pth")
     _vainf_file(cwd / "best_deeplabv3plus_resnet101_voc_os16.pth", "vainf_deeplabv3plus_resnet101_os16.keys.tsv", 2)
     _vainf_file(cwd / "best_deeplabv3plus_mobilenet_voc_os16.pth", "vainf_deeplabv3plus_mobilenet_os16.keys.tsv", 3)
-    from test_dataset_families import ade_tree, cityscapes_tree
+    from test_dataset_families import ade_tree, cityscapes_tree, generic_tree
 
     camvid = cwd / "data" / "camvid"  # three real CamVid frames per split, SegNet layout, JPEG images
     for split in ("train", "val"):
@@ -127,12 +127,14 @@ def _workspace(cwd: Path) -> dict[str, Path]:
                 shutil.copy(CAMVID / sub / f"{name}{suffix}", camvid / sub / f"{name}{suffix}")
     cityscapes_tree(cwd / "data" / "cityscapes")
     ade_tree(cwd / "data" / "ade")
+    generic_tree(cwd / "data" / "fields")  # images/<split>/ + masks/<split>/, values 0..2 and 9
     return {
         "voc": cwd / "data" / "VOCdevkit",
         "mine": mine,
         "camvid": camvid,
         "cityscapes": cwd / "data" / "cityscapes",
         "ade": cwd / "data" / "ade",
+        "fields": cwd / "data" / "fields",
     }
 
 
@@ -147,7 +149,7 @@ def _checkpoint(cwd: Path, dataset: str = "voc", root: str = "data") -> Path:
 
 #: ``dataset.root=`` placeholders of the README -> the workspace folder standing for them
 ROOTS = {"/data/mine": "data/mine", "/data/camvid": "data/camvid", "/data/cityscapes": "data/cityscapes",
-         "/data/ade": "data/ade"}  # fmt: skip
+         "/data/ade": "data/ade", "/data/fields": "data/fields"}  # fmt: skip
 
 
 def _substitute(words: list[str], cwd: Path, ckpt: Path) -> list[str]:
@@ -233,6 +235,7 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
         "ade",
         "camvid",
         "cityscapes",
+        "fields",
         "mine",
         "synthetic",
     ]
