@@ -295,3 +295,16 @@ def test_checkpoints_from_before_layouts_read_as_voc() -> None:
     assert migrate_stored_config({"dataset": {"name": "x", "family": "generic"}})["dataset"]["family"] == "generic"
     cfg = compose_train(["dataset=voc"])
     assert (cfg.dataset.image_dir, cfg.dataset.split_list) == ("JPEGImages", "ImageSets/Segmentation/{split}.txt")
+
+
+def test_bad_dataset_keys_name_the_key_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dataset.class_names lists 2 names but dataset.num_classes=11"):
+        factory.validate(compose_train(["dataset=camvid", "dataset.class_names=[a,b]"]))
+    with pytest.raises(ConfigError, match=r"dataset.palette must list one \[R, G, B\] .* including \[1, 2\]"):
+        factory.validate(compose_train(["dataset=folder", "dataset.palette=[[0,0,0],[1,2]]"]))
+    with pytest.raises(ConfigError, match=r"dataset.color_map\[1\]: \[1, 2\] is not a colour"):
+        factory.validate(compose_train(["dataset=folder", "dataset.color_map=[[0,0,0],[1,2]]"]))
+    with pytest.raises(DatasetError, match="dataset.family='nope' is unknown; choose one of voc, cityscapes"):
+        factory.make_eval_dataset(compose_train(["dataset=folder", "dataset.family=nope"]))
+    with pytest.raises(DatasetError, match=r"dataset.root='.*absent' does not exist\. To get the data, .*SegNet"):
+        factory.make_eval_dataset(compose_train(["dataset=camvid", f"dataset.root={tmp_path / 'absent'}"]))

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .labels import LabelError, LabelMapping, colour_key, colour_text
+from .labels import LabelError, LabelMapping, colour_key, colour_lookup, colour_text
 from .layout import DatasetError, Layout
 from .palette import voc_colormap
 
@@ -116,10 +116,7 @@ def rgb_to_index(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
     palette_keys = colour_key(voc_colormap())
     order = np.argsort(palette_keys)
-    sorted_keys = palette_keys[order]
-    keys = colour_key(rgb[..., :3])
-    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
-    known = sorted_keys[pos] == keys
+    pos, known, keys = colour_lookup(palette_keys[order], rgb)
     if not known.all():
         unknown = np.unique(keys[~known])[:_MAX_VALUES]
         named = ", ".join(colour_text(int(k)) for k in unknown)

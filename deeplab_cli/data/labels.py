@@ -38,6 +38,14 @@ def colour_key(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
+def colour_lookup(sorted_keys: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each pixel of ``rgb`` (..., 3+): its position in ``sorted_keys`` (colour keys, ascending),
+    whether its colour is there at all, and the pixel's own key (for naming unknown colours)."""
+    keys = colour_key(rgb[..., :3])
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == keys, keys
+
+
 def colour_text(key: int) -> str:
     """``(R, G, B)`` of a :func:`colour_key`."""
     return f"({(key >> 16) & 255}, {(key >> 8) & 255}, {key & 255})"
@@ -105,6 +113,9 @@ class LabelMapping:
     ignore_values: tuple[int, ...] = ()
     color_map: Mapping[Colour, int] | None = None
     _lut: np.ndarray = field(init=False, repr=False, compare=False)
+    _lut8: np.ndarray = field(init=False, repr=False, compare=False)
+    _colour_keys: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
+    _colour_classes: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         c = self.num_classes
@@ -138,6 +149,12 @@ class LabelMapping:
         for v in self.ignore_values:
             lut[v] = IGNORE_INDEX
         object.__setattr__(self, "_lut", lut)
+        object.__setattr__(self, "_lut8", lut.astype(np.uint8))  # applied per mask: built once
+        if self.color_map is not None:
+            table = {int(colour_key(np.array(c, dtype=np.uint8))): cls for c, cls in self.color_map.items()}
+            order = sorted(table)
+            object.__setattr__(self, "_colour_keys", np.array(order, dtype=np.uint32))
+            object.__setattr__(self, "_colour_classes", np.array([table[k] for k in order], dtype=np.uint8))
 
     @classmethod
     def from_options(
@@ -216,7 +233,7 @@ class LabelMapping:
             )
         if self.is_identity:
             return raw.astype(np.uint8, copy=False)
-        return self._lut.astype(np.uint8)[raw]
+        return self._lut8[raw]
 
     def _apply_colours(self, rgb: np.ndarray) -> np.ndarray:
         if rgb.ndim != 3 or rgb.shape[-1] < 3:
@@ -224,13 +241,8 @@ class LabelMapping:
                 "is not an RGB image, but dataset.color_map says masks are colours; set dataset.color_map=null "
                 "for class-index masks"
             )
-        assert self.color_map is not None
-        table = {int(colour_key(np.array(c, dtype=np.uint8))): cls for c, cls in self.color_map.items()}
-        keys_known = np.array(sorted(table), dtype=np.uint32)
-        classes = np.array([table[int(k)] for k in keys_known], dtype=np.uint8)
-        keys = colour_key(rgb[..., :3])
-        pos = np.clip(np.searchsorted(keys_known, keys), 0, len(keys_known) - 1)
-        known = keys_known[pos] == keys
+        assert self._colour_keys is not None and self._colour_classes is not None
+        pos, known, keys = colour_lookup(self._colour_keys, rgb)
         if not known.all():
             unknown = np.unique(keys[~known])
             shown = ", ".join(colour_text(int(k)) for k in unknown[:_MAX_SHOWN])
@@ -238,7 +250,7 @@ class LabelMapping:
                 f"has {int((~known).sum())} pixels in {len(unknown)} colour(s) missing from dataset.color_map, "
                 f'e.g. {shown}; add each colour to dataset.color_map ("R,G,B": class, or 255 to ignore it)'
             )
-        return classes[pos]
+        return self._colour_classes[pos]
 
     def inverse(self) -> np.ndarray:
         """(256,) uint8: a raw value for each class (the smallest that maps to it), 255 -> 255.
