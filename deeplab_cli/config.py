@@ -26,10 +26,14 @@ class PreprocessConfig:
     every checkpoint, comes from the importer for other projects' files, and no
     ``dataset=`` override can change it (only an explicit ``model.preprocess.*``).
     ``mean``/``std`` are in 0-1 units, in the channel order after the optional flip.
+    ``null`` (the default) means the backbone's own: what its ImageNet weights were
+    trained with (ImageNet statistics for torchvision's, [0.5]*3 for Xception-65, timm's
+    pretrained config for ``backbone=timm``); training writes the values it used into
+    the checkpoint, so a later change of default never changes a trained model.
     """
 
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
     bgr: bool = False
 
 
@@ -73,6 +77,15 @@ class ImportedBackboneConfig:
 @dataclass
 class Xception65Config:
     name: str = "xception65"
+
+
+@dataclass
+class TimmBackboneConfig:
+    """``backbone=timm``: any timm model by name (``NAME`` or ``NAME.TAG``), built with ``features_only``."""
+
+    name: str = "timm"
+    model: str = MISSING  # e.g. efficientnet_b0, xception71, convnext_tiny.fb_in22k_ft_in1k
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more timm.create_model arguments (drop_path_rate, ...)
 
 
 @dataclass
@@ -326,6 +339,7 @@ def register_configs() -> None:
     cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)
     cs.store(group="backbone", name="xception65_schema", node=Xception65Config)
     cs.store(group="backbone", name="imported_schema", node=ImportedBackboneConfig)
+    cs.store(group="backbone", name="timm_schema", node=TimmBackboneConfig)
     cs.store(group="head", name="largefov_schema", node=LargeFOVConfig)
     cs.store(group="head", name="aspp_v2_schema", node=ASPPv2Config)
     cs.store(group="head", name="aspp_v3_schema", node=ASPPv3Config)

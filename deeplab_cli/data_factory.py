@@ -27,12 +27,30 @@ from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from .data.transforms import eval_transforms, train_transforms
 from .engine.losses import LossSpec
 from .errors import ConfigError
+from .models.builder import backbone_preprocess
 
 
 def normalisation(cfg: DictConfig) -> tuple[list[float], list[float], bool]:
-    """``(mean, std, bgr)`` of ``model.preprocess``: what the weights expect, whatever the dataset."""
+    """``(mean, std, bgr)`` of ``model.preprocess``: what the weights expect, whatever the dataset.
+
+    A null ``mean``/``std`` is the backbone's own (see ``models.builder.backbone_preprocess``).
+    """
     p = cfg.model.preprocess
+    if p.mean is None or p.std is None:
+        backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+        mean, std = backbone_preprocess(backbone["name"], backbone)  # type: ignore[index,arg-type]
+        return list(p.mean if p.mean is not None else mean), list(p.std if p.std is not None else std), bool(p.bgr)
     return list(p.mean), list(p.std), bool(p.bgr)
+
+
+def resolve_preprocess(cfg: DictConfig) -> None:
+    """Write the values :func:`normalisation` resolves into ``model.preprocess`` (in place).
+
+    Training calls it before anything is saved, so checkpoints hold the values used
+    and never depend on a default that a later version or timm release may change.
+    """
+    mean, std, _ = normalisation(cfg)
+    cfg.model.preprocess.mean, cfg.model.preprocess.std = mean, std
 
 
 def label_mapping(dataset: DictConfig) -> LabelMapping:

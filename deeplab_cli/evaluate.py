@@ -120,6 +120,7 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
     if is_ours(state):
         train_cfg = merge_overrides(state["config"], cfg, overrides)
         factory.validate(train_cfg)
+        factory.resolve_preprocess(train_cfg)
         model = factory.make_model(train_cfg, pretrained=False)
         load_weights(model, state["model"], str(cfg.checkpoint))
         return model, train_cfg
@@ -135,6 +136,7 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
         log.info("%s: %s", imported.layout, note)
     train_cfg = merge_overrides(stored, cfg, overrides)
     factory.validate(train_cfg)
+    factory.resolve_preprocess(train_cfg)
     log.info("imported a %s checkpoint (%d classes)", imported.layout, train_cfg.model.num_classes)
     return imported.model, train_cfg
 

@@ -23,6 +23,7 @@ from .data_factory import (  # noqa: F401 - the data half of the factory, re-exp
     make_train_loader,
     normalisation,
     palette,
+    resolve_preprocess,
     validate_dataset,
 )
 from .engine import distributed
@@ -33,7 +34,7 @@ from .engine.optim import impl_kwargs
 from .engine.pipeline import EvalSettings, PredictionHook, run_evaluation
 from .engine.precision import check_precision
 from .errors import ConfigError
-from .models.builder import ModelSpec, build_model
+from .models.builder import ModelSpec, build_model, check_spec
 from .models.segmenter import DeepLab
 from .postprocess.crf import CRFParams, default_workers, require_pydensecrf
 
@@ -60,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     if not 0 < lo <= hi:
         raise ConfigError(f"dataset.scale_range={[lo, hi]} must satisfy 0 < low <= high.")
     validate_dataset(cfg)
+    check_spec(model_spec(cfg))  # a timm model's output stride and stride-4 feature, built on the meta device
 
 
 def _validate_trainer(cfg: DictConfig) -> None:

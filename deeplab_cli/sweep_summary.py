@@ -17,6 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("deeplab_cli.sweep")
+COST_INPUT = 513  # multiply-adds at the DeepLab papers' 513x513, as in the README's model zoo
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -37,9 +38,35 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "overrides": list(overrides),
                 "mIoU": float(metrics["mIoU"]),
                 "mIoU_network": metrics.get("mIoU_network"),
+                "train_images_per_s": metrics.get("train_images_per_s"),
             }
         )
     return jobs
+
+
+def model_cost(job_dir: Path, size: int = COST_INPUT) -> dict[str, float] | None:
+    """Parameters and multiply-adds (G, one ``size`` x ``size`` image) of a training job's model.
+
+    Rebuilt from the job's ``.hydra/config.yaml`` on the meta device (no memory, no
+    weights), so comparing backbones needs no extra script. None if it cannot be built.
+    """
+    from omegaconf import OmegaConf
+
+    from . import factory
+    from .config import TrainConfig
+    from .summary import measure
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(job_dir / ".hydra" / "config.yaml"))
+        import torch
+
+        with torch.device("meta"):
+            model = factory.build_model(factory.model_spec(cfg)).eval()
+        cost = measure(model, (size, size))
+    except Exception as exc:  # noqa: BLE001 - a summary column must not fail the sweep
+        log.warning("no parameter/multiply-add count for %s: %s", job_dir, exc)
+        return None
+    return {"params": cost["params"], "gmacs": cost["gmacs"]}
 
 
 def varying_overrides(jobs: list[dict[str, Any]]) -> list[list[str]]:
@@ -50,20 +77,37 @@ def varying_overrides(jobs: list[dict[str, Any]]) -> list[list[str]]:
     return [[o for o in j["overrides"] if o not in common] for j in jobs]
 
 
+def _cell(value: float | None, scale: float, digits: int) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Rank the jobs best first and write ``summary.json`` and ``summary.md`` into ``sweep_dir``."""
     jobs = collect_jobs(sweep_dir)
     for job, setting in zip(jobs, varying_overrides(jobs), strict=True):
         job["setting"] = " ".join(setting) or "(no varying override)"
     jobs.sort(key=lambda j: j["mIoU"], reverse=True)
+    training = any(j["train_images_per_s"] is not None for j in jobs)
+    if training:  # a training sweep (backbones, learning rates): what each model costs beside what it scores
+        for j in jobs:
+            j.update(model_cost(sweep_dir / j["job"]) or {"params": None, "gmacs": None})
     (sweep_dir / "summary.json").write_text(json.dumps(jobs, indent=2))
     with_network = any(j["mIoU_network"] is not None for j in jobs)
-    header = "| rank | setting | mIoU % |" + (" network mIoU % |" if with_network else "") + " job |"
+    header = "| rank | setting | mIoU % |" + (" network mIoU % |" if with_network else "")
+    if training:
+        header += f" params (M) | Multiply-Adds (G, {COST_INPUT}x{COST_INPUT}) | train images/s |"
+    header += " job |"
     lines = [f"# Sweep summary: {sweep_dir}", "", header, "|---" * (header.count("|") - 1) + "|"]
     for rank, j in enumerate(jobs, 1):
         net = f" {j['mIoU_network']:.2f} |" if with_network and j["mIoU_network"] is not None else ""
         net = net or (" - |" if with_network else "")
-        lines.append(f"| {rank} | `{j['setting']}` | {j['mIoU']:.2f} |{net} {j['job']} |")
+        cost = ""
+        if training:
+            cost = "".join(
+                f" {_cell(j.get(key), scale, digits)} |"
+                for key, scale, digits in (("params", 1e-6, 2), ("gmacs", 1, 2), ("train_images_per_s", 1, 2))
+            )
+        lines.append(f"| {rank} | `{j['setting']}` | {j['mIoU']:.2f} |{net}{cost} {j['job']} |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return jobs
 

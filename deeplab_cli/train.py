@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -188,6 +189,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     factory.validate(cfg)  # before any weights or data are read
     imported = init_from_checkpoint(cfg) if cfg.model.init_from else None
     factory.validate(cfg)  # again: the imported file may have changed the architecture
+    factory.resolve_preprocess(cfg)  # the checkpoints store the normalisation actually used
     device = distributed.device_for(factory.select_device(cfg.trainer.device), info)
     factory.validate_distributed(cfg, info.world_size, device)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -307,13 +309,16 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
     reduce_loss = distributed.all_reduce_mean if info.enabled else None
     show_bar = t.progress and info.is_main
     bar = tqdm(total=t.max_iters, initial=start, desc="train", disable=not show_bar, dynamic_ncols=True)
+    train_seconds = 0.0  # loading + steps, without validation and checkpoints: images/s of the sweep summary
     with StopOnSignals() as stop, bar:
         for it in range(start + 1, t.max_iters + 1):
+            tick = time.perf_counter()
             batch = _next_batch(steps, it, last, progress)
             step = train_step(
                 trained, batch, optimizer, scheduler, t.label_policy, device, t.freeze_bn, t.grad_clip,
                 t.precision, scaler, t.channels_last, reduce_loss, spec,
             )  # fmt: skip
+            train_seconds += time.perf_counter() - tick
             bar.update(1)
             _check_finite(step, it, t.on_nonfinite, last, progress, tb)
             if it % t.log_interval == 0 or it == t.max_iters:
@@ -336,6 +341,8 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
                 raise _interrupted(stop, it, last, run_dir, info.is_main)
     if progress.nonfinite_steps:
         metrics["nonfinite_steps_skipped"] = progress.nonfinite_steps
+    if metrics and t.max_iters > start and train_seconds > 0:
+        metrics["train_images_per_s"] = (t.max_iters - start) * t.batch_size * t.accumulate / train_seconds
     return metrics
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from clitools import EXPERIMENTS, MODEL_PRESETS, REPO, VOC_SAMPLE, cli, tree_digest, voc_copy
 from hydra_compose import compose_train
 
@@ -45,6 +46,56 @@ def test_every_preset_builds_as_composed(preset: str) -> None:
     assert model.num_classes == 21
 
 
+BACKBONES = sorted(p.stem for p in (REPO / "configs" / "backbone").glob("*.yaml"))
+HEADS = sorted(p.stem for p in (REPO / "configs" / "head").glob("*.yaml"))
+#: backbone=timm needs a model name; the imported layouts exist to rebuild other projects' checkpoints.
+GROUP_EXTRA = {"timm": ["backbone.model=resnet18"]}
+
+
+def _yaml(group: str, name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / group / f"{name}.yaml").read_text()) or {}
+
+
+def test_presets_choose_backbone_and_head_options_and_set_no_keys_of_them() -> None:
+    """A key a preset sets under ``backbone``/``head`` breaks ``model=P backbone=B`` for every option lacking it:
+    presets pick whole options (``override /backbone: vgg16_v2``) instead; experiments may set only keys that
+    every option of the group has (``head.channels``)."""
+    for preset in MODEL_PRESETS:
+        assert not {"backbone", "head"} & set(_yaml("model", preset)), preset
+    shared = {
+        group: set.intersection(*(set(compose_train([f"{group}={o}", *GROUP_EXTRA.get(o, [])])[group]) for o in opts))
+        for group, opts in (("backbone", BACKBONES), ("head", HEADS))
+    }
+    for experiment in EXPERIMENTS:
+        for group, keys in shared.items():
+            assert set(_yaml("experiment", experiment).get(group) or {}) <= keys, (experiment, group)
+
+
+@pytest.mark.parametrize("option", [f"backbone={b}" for b in BACKBONES] + [f"head={h}" for h in HEADS])
+def test_every_backbone_and_head_option_composes_with_the_default_model(option: str) -> None:
+    extra = GROUP_EXTRA.get(option.split("=")[1], [])
+    cfg = compose_train([option, *extra])
+    assert cfg.model.name == "quickstart"
+    group, name = option.split("=")
+    assert dict(cfg[group]) == dict(compose_train(["model=deeplabv3plus_resnet101", option, *extra])[group])
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_every_preset_composes_with_a_timm_backbone_and_another_head(preset: str) -> None:
+    cfg = compose_train([f"model={preset}", "backbone=timm", "backbone.model=resnet18", "head=aspp_v3"])
+    factory.validate(cfg)
+    assert cfg.model.name == preset and cfg.backbone.model == "resnet18" and cfg.head.name == "aspp_v3"
+
+
+def test_group_override_builds_what_it_names() -> None:
+    """The acceptance command: the default (quick-start) model with a timm backbone and the v3+ head."""
+    cfg = compose_train(["backbone=timm", "backbone.model=efficientnet_b0", "head=v3plus"])
+    factory.validate(cfg)
+    model = meta_build(lambda: build_model(factory.model_spec(cfg)))
+    assert model.backbone.feature_info["out"].channels == 320 and model.output_stride == 8
+    assert cfg.head.channels == 256 and "dilation" not in cfg.head and "width_mult" not in cfg.backbone
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("dataset", ["", "dataset=voc", "dataset=synthetic"])
 def test_every_experiment_composes_with_dataset_and_model_overrides(experiment: str, dataset: str) -> None:
@@ -64,7 +115,8 @@ def _one_line(stderr: str) -> str:
 @pytest.mark.parametrize(
     ("command", "args", "needles"),
     [
-        ("deeplab-train", ["model=deeplabv2_vgg16_aspp_l", "backbone=resnet101"], ["backbone.avg_pool", "ResNet"]),
+        ("deeplab-train", ["backbone=timm", "backbone.model=dpn68", "model.output_stride=8"], ["dpn68", "=32 only"]),
+        ("deeplab-train", ["backbone=timm"], ["backbone.model=NAME"]),
         ("deeplab-train", ["model=deeplabv4"], ["model/deeplabv4", "deeplabv3plus_resnet101", "quickstart"]),
         ("deeplab-train", ["dataset.mean=[0.5,0.5,0.5]"], ["dataset.mean", "model.preprocess.mean"]),
         ("deeplab-train", ["optim.lrr=0.1"], ["optim.lrr"]),

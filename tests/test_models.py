@@ -269,9 +269,18 @@ def test_unknown_head_lists_choices():
     assert "aspp-xxl" in str(info.value) and "largefov" in str(info.value)
 
 
-def test_vgg16_rejects_output_stride_16():
-    with pytest.raises(ModelConfigError, match=r"model\.output_stride=16"):
-        build_model(ModelSpec("vgg16", "largefov", 21, output_stride=16))
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_vgg16_at_every_output_stride_with_a_stride_4_feature(output_stride: int):
+    """OS 8 is DeepLab's form; 16/32 restore pool4/pool5's strides (same weights) for backbone comparisons."""
+    model = build_model(ModelSpec("vgg16", "v3plus", 5, output_stride, {"width_mult": 0.125})).eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.zeros(1, 3, 65, 65))  # Caffe's ceil-mode pools: 65 -> 33 -> 17 -> 9 ...
+    assert {k: v.shape[-1] for k, v in feats.items()} == {"low_level": 17, "out": math.ceil(65 / output_stride)}
+    assert model.backbone.feature_info["low_level"].channels == feats["low_level"].shape[1] == 16
+    largefov = build_model(ModelSpec("vgg16", "largefov", 21, output_stride))
+    assert sum(p.numel() for p in largefov.parameters()) == 20_505_429  # DeepLab-LargeFOV at every stride
+    with pytest.raises(ModelConfigError, match=r"model\.output_stride=4"):
+        build_model(ModelSpec("vgg16", "largefov", 21, output_stride=4))
 
 
 # ------------------------------------------------------------------ optimiser groups and schedule

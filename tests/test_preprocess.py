@@ -65,7 +65,28 @@ def test_dataset_presets_never_carry_normalisation() -> None:
     for dataset in ("synthetic", "voc", "voc_aug"):
         cfg = compose_train(["model=deeplabv3plus_xception65", f"dataset={dataset}"])
         assert "mean" not in cfg.dataset and "bgr" not in cfg.dataset
-        assert cfg.model.preprocess == MINUS_ONE_TO_ONE
+        assert factory.normalisation(cfg) == ([0.5] * 3, [0.5] * 3, False)
+
+
+def test_normalisation_follows_the_backbone_not_the_preset() -> None:
+    """null mean/std is the backbone's own: a preset's backbone swapped keeps no stale normalisation."""
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False)
+    cases = {
+        ("model=deeplabv3plus_xception65",): ([0.5] * 3, [0.5] * 3, False),
+        ("model=deeplabv3plus_xception65", "backbone=resnet101"): imagenet,
+        ("model=deeplabv3plus_resnet101", "backbone=xception65"): ([0.5] * 3, [0.5] * 3, False),
+        ("model=deeplabv3plus_resnet101", "backbone=timm", "backbone.model=xception71"): ([0.5] * 3, [0.5] * 3, False),
+        ("backbone=timm", "backbone.model=efficientnet_b0"): imagenet,
+        ("backbone=timm", "backbone.model=xception71", "model.preprocess.mean=[0.1,0.2,0.3]"): (
+            [0.1, 0.2, 0.3], [0.5] * 3, False,
+        ),
+    }  # fmt: skip
+    for overrides, expected in cases.items():
+        cfg = compose_train(list(overrides))
+        assert cfg.model.preprocess.std is None
+        assert factory.normalisation(cfg) == expected, overrides
+        factory.resolve_preprocess(cfg)
+        assert (list(cfg.model.preprocess.mean), list(cfg.model.preprocess.std)) == expected[:2], overrides
 
 
 def test_our_checkpoint_stores_its_preprocessing(xception_ckpt: Path) -> None:
@@ -143,6 +164,6 @@ def test_checkpoints_from_before_the_move_keep_their_normalisation(xception_ckpt
 
 def test_init_from_our_checkpoint_carries_its_preprocessing(xception_ckpt: Path, synthetic_root: Path) -> None:
     cfg = compose_train([f"model.init_from={xception_ckpt}", "dataset=voc", f"dataset.root={synthetic_root}"])
-    assert cfg.model.preprocess.mean == [0.485, 0.456, 0.406]  # the default model's, before the file is read
+    assert cfg.model.preprocess.mean is None  # the default model's (its backbone's), before the file is read
     train_mod.init_from_checkpoint(cfg)
     assert cfg.model.preprocess == MINUS_ONE_TO_ONE and cfg.backbone.name == "xception65"

@@ -45,3 +45,35 @@ def test_training_sweep_without_network_column(tmp_path: Path) -> None:
 def test_empty_sweep_writes_an_empty_table(tmp_path: Path) -> None:
     assert write_summary(tmp_path) == []
     assert "| rank |" in (tmp_path / "summary.md").read_text()
+
+
+def test_training_sweep_reports_parameters_multiply_adds_and_speed(tmp_path: Path) -> None:
+    """Jobs of ``deeplab-train -m`` carry images/s; the summary rebuilds each model (meta device) to count it."""
+    from hydra_compose import compose_train
+    from omegaconf import OmegaConf
+
+    from deeplab_cli.summary import main as summary_main
+
+    for num, (backbone, miou, speed) in enumerate([("vgg16", 30.0, 12.5), ("efficientnet_b0", 41.0, 20.25)]):
+        _job(tmp_path, num, [f"backbone={backbone}", "trainer.max_iters=10"], miou)
+        cfg = compose_train([f"backbone={backbone}"])
+        OmegaConf.save(cfg, tmp_path / str(num) / ".hydra" / "config.yaml")
+        metrics = json.loads((tmp_path / str(num) / "metrics.json").read_text())
+        (tmp_path / str(num) / "metrics.json").write_text(json.dumps({**metrics, "train_images_per_s": speed}))
+    jobs = write_summary(tmp_path)
+    expected = {}
+    for backbone in ("vgg16", "efficientnet_b0"):
+        out = tmp_path / f"{backbone}.json"
+        assert summary_main([f"backbone={backbone}", f"out={out}"]) == 0
+        expected[backbone] = json.loads(out.read_text())
+    assert [j["setting"] for j in jobs] == ["backbone=efficientnet_b0", "backbone=vgg16"]
+    for job in jobs:
+        record = expected[job["setting"].split("=")[1]]
+        assert job["params"] == record["params"] and job["gmacs"] == record["gmacs"]
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert lines[2] == "| rank | setting | mIoU % | params (M) | Multiply-Adds (G, 513x513) | train images/s | job |"
+    b0 = expected["efficientnet_b0"]
+    assert (
+        lines[4]
+        == f"| 1 | `backbone=efficientnet_b0` | 41.00 | {b0['params'] / 1e6:.2f} | {b0['gmacs']:.2f} | 20.25 | 1 |"
+    )

@@ -14,6 +14,7 @@ from .backbones.mobilenet_v3 import MobileNetV3LargeBackbone
 from .backbones.mobilenet_vainf import VainFMobileNetV2Backbone
 from .backbones.resnet import ResNetBackbone
 from .backbones.resnet_caffe import CaffeResNetBackbone
+from .backbones.timm_encoder import TimmBackbone, pretrained_preprocess, probe
 from .backbones.vgg import VGG16DeepLab
 from .backbones.xception import TIMM_WEIGHTS_URL, Xception65, load_xception65_weights
 from .heads.aspp_v2 import ASPPv2Head
@@ -27,6 +28,7 @@ BACKBONES = (
     "vgg16", "resnet50", "resnet101", "xception65", "mobilenet_v2",
     # layouts of imported checkpoints (see models/importers): same keys, their computation
     "resnet50_caffe", "resnet101_caffe", "mobilenet_v2_vainf", "mobilenet_v3_large",
+    "timm",  # any timm model: backbone.model=NAME[.TAG]
 )  # fmt: skip
 _CAFFE_DEPTHS = {"resnet50_caffe": 50, "resnet101_caffe": 101}
 HEADS = ("largefov", "aspp_v2", "aspp_v3", "v3plus")
@@ -50,17 +52,13 @@ class ModelSpec:
     scales: dict[str, Any] = field(default_factory=dict)
 
 
-def _build_backbone(spec: ModelSpec) -> Backbone:
+def _build_backbone(spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None) -> Backbone:
+    """The backbone; only timm's loads its ImageNet weights here (timm adapts them before wrapping)."""
     os_ = spec.output_stride
-    if spec.backbone == "vgg16":
-        if os_ != 8:
-            raise ModelConfigError(
-                f"model.output_stride={os_} is not available for backbone=vgg16: "
-                "DeepLab's VGG16 has output stride 8 only."
-            )
-        return VGG16DeepLab(**spec.backbone_args)
     if os_ not in (8, 16, 32):
         raise ModelConfigError(f"model.output_stride={os_} is not supported; choose one of 8, 16, 32.")
+    if spec.backbone == "vgg16":
+        return VGG16DeepLab(**spec.backbone_args, output_stride=os_)
     if spec.backbone in ("resnet50", "resnet101"):
         return ResNetBackbone(spec.backbone, os_, **spec.backbone_args)
     if spec.backbone == "mobilenet_v2":
@@ -73,7 +71,36 @@ def _build_backbone(spec: ModelSpec) -> Backbone:
         return VainFMobileNetV2Backbone(os_, **spec.backbone_args)
     if spec.backbone == "mobilenet_v3_large":
         return MobileNetV3LargeBackbone(os_, **spec.backbone_args)
+    if spec.backbone == "timm":
+        return TimmBackbone(output_stride=os_, pretrained=pretrained, weights_file=weights_file, **spec.backbone_args)
     raise ModelConfigError(f"backbone={spec.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}.")
+
+
+IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+#: Backbones whose ImageNet weights expect inputs in [-1, 1] (TF-slim / timm ports).
+_HALF_MEAN_STD = {"xception65": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])}
+
+
+def backbone_preprocess(backbone: str, backbone_args: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Input mean/std (0-1 RGB) that the backbone's ImageNet weights were trained with: ``model.preprocess``'s default.
+
+    It is a property of the weights, so the backbone answers it, not a dataset or a preset.
+    """
+    if backbone == "timm":
+        return pretrained_preprocess(str(backbone_args["model"]))
+    mean, std = _HALF_MEAN_STD.get(backbone, IMAGENET_MEAN_STD)
+    return list(mean), list(std)
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """What can be checked without building: a timm model's output stride and stride-4 feature."""
+    if spec.backbone == "timm":
+        probe(
+            str(spec.backbone_args["model"]),
+            spec.output_stride,
+            dict(spec.backbone_args.get("kwargs") or {}),
+            low_level=spec.head == "v3plus",
+        )
 
 
 def _build_head(spec: ModelSpec, backbone: Backbone) -> nn.Module:
@@ -123,8 +150,9 @@ def build_model(spec: ModelSpec, pretrained: bool = False, weights_file: str | N
     ImageNet weights go into the single-scale network before any multi-scale wrapper
     is put around it, so the wrapper's own layers (attention) stay freshly initialised.
     """
+    check_spec(spec)
     try:
-        backbone = _build_backbone(spec)
+        backbone = _build_backbone(spec, pretrained, weights_file)
         head = _build_head(spec, backbone)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):

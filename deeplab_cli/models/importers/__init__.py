@@ -56,7 +56,7 @@ def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: in
     """Rebuild from the stored config (as ``deeplab-eval`` does) and load strictly."""
     from ...config import TrainConfig, migrate_stored_config
     from ...factory import model_spec
-    from ..builder import build_model
+    from ..builder import backbone_preprocess, build_model
     from .base import identity_rules, load_renamed, meta_build
 
     if not isinstance(obj.get("config"), dict):
@@ -76,7 +76,10 @@ def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: in
     nodes = [node for node in ("model", "backbone", "head", "scales") if node in cfg]
     overrides = {node: OmegaConf.to_container(cfg[node], resolve=True) for node in nodes}
     p = cfg.model.preprocess
-    return Imported(model.eval(), OURS, Preprocess.from_config(p.mean, p.std, p.bgr), overrides, [])
+    mean, std = backbone_preprocess(spec.backbone, spec.backbone_args)
+    preprocess = Preprocess.from_config(p.mean or mean, p.std or std, p.bgr)
+    overrides["model"]["preprocess"] = preprocess.as_config()
+    return Imported(model.eval(), OURS, preprocess, overrides, [])
 
 
 def import_checkpoint(obj: Any, *, output_stride: int | None = None, num_classes: int | None = None) -> Imported:
