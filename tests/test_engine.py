@@ -151,6 +151,12 @@ def test_cityscapes_ade20k_and_camvid_recipes() -> None:
         16,
         True,
     )
+    x71 = _cfg("experiment=deeplabv3plus_xception71_cityscapes")
+    factory.validate(x71)
+    assert (x71.backbone.name, x71.backbone.model, x71.head.separable, x71.dataset.crop_size) == (
+        "timm", "xception71", True, 769,
+    )  # fmt: skip
+    assert factory.normalisation(x71) == ([0.5] * 3, [0.5] * 3, False)  # timm's TF-ported weights: [-1, 1]
     ade = _cfg("experiment=deeplabv3plus_resnet101_ade20k")
     assert (ade.dataset.name, ade.model.num_classes, ade.dataset.reduce_zero_label, ade.trainer.max_iters) == (
         "ade20k",

@@ -55,6 +55,9 @@ SHRINK = {
     ],
 }  # fmt: skip
 
+#: Console scripts that take their own ``key=value`` arguments (no run directory).
+NOT_HYDRA = ("deeplab-summary", "deeplab-backbones")
+
 #: Sweeps shrunk to a job or two (the sweep's own parameters, overridden from the command line).
 SWEEP_SHRINK = {
     "+sweep=crf_grid": ["crf.bi_w=4", "crf.bi_xy_std=65", "crf.bi_rgb_std=3,4"],  # the command line wins
@@ -213,7 +216,8 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
         program, args = _program(_substitute(shlex.split(command), tmp_path, ckpt))
         args = _shrunk(args, SHRINK.get(program, []))
         extra = [override for marker, shrink in SWEEP_SHRINK.items() if marker in command for override in shrink]
-        if program.startswith("deeplab-") and not any(a.startswith("hydra.run.dir=") for a in args):
+        hydra_app = program.startswith("deeplab-") and program not in NOT_HYDRA
+        if hydra_app and not any(a.startswith("hydra.run.dir=") for a in args):
             extra.append(f"hydra.run.dir={tmp_path / 'runs' / str(ran)}")
         if "-m" in args:
             extra.append(f"hydra.sweep.dir={tmp_path / 'sweeps' / str(ran)}")

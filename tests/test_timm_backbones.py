@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from clitools import BIN, cli
+from clitools import BIN, REPO, cli
 from hydra_compose import compose_train
 from safetensors.torch import save_file
 
@@ -196,3 +197,30 @@ def test_offline_pretrained_names_the_file_to_download(tmp_path: Path) -> None:
 def test_no_timm_import_for_other_backbones() -> None:
     code = "import sys; from deeplab_cli import factory, train; assert 'timm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_backbone_list_tool(tmp_path: Path) -> None:
+    """``deeplab-backbones``: per model and output stride, works or why not; what the README's list is made of."""
+    from deeplab_cli.backbones_list import main
+
+    out = tmp_path / "list.md"
+    assert main(["efficientnet_b0", "dpn68", "vit_small_patch16_224", "input=128", f"out={out}"]) == 0
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in out.read_text().splitlines()[7:]}
+    assert rows["efficientnet_b0"] == ["yes", "yes", "yes", "yes", "320", "24 |"]
+    assert rows["dpn68"][:4] == ["no: cannot dilate", "no: cannot dilate", "yes", "yes"]
+    assert rows["vit_small_patch16_224"][0] == "no: its deepest feature has stride 16"
+    assert rows["vit_small_patch16_224"][1].startswith("fails on 128x128: Input height (128) doesn't match")
+    assert "Of 3 timm architectures, **1 run at output stride 8, 1 at 16 and 2 at 32**" in out.read_text()
+
+
+def test_readme_quotes_the_committed_list() -> None:
+    listed = (REPO / "docs" / "timm_backbones.md").read_text()
+    counts = re.search(
+        r"Of (\d+) timm architectures, \*\*(\d+) run at output stride 8, (\d+) at 16 and (\d+) at 32", listed
+    )
+    assert counts is not None
+    total, os8, os16, os32 = (int(c) for c in counts.groups())
+    assert total == len(listed.splitlines()) - 8 and total >= 1000
+    readme = (REPO / "README.md").read_text()
+    assert f"{total:,} architectures: **{os8} run at output stride 8, {os16} at 16 and {os32}" in readme
+    assert f"timm {timm.__version__}" in listed  # remake the list when the pinned timm changes
