@@ -190,10 +190,11 @@ def test_paper_recipes() -> None:
 
 
 def test_v3plus_on_a_backbone_without_low_level_features_is_rejected() -> None:
-    from deeplab_cli.models.builder import ModelConfigError
+    """Every built-in backbone has a stride-4 feature now; a timm ViT does not, and build_model says so."""
+    from deeplab_cli.errors import ConfigError
 
-    with pytest.raises(ModelConfigError, match="head=v3plus needs low-level .* backbone=vgg16"):
-        build_model(ModelSpec("vgg16", "v3plus", 21, backbone_args={"width_mult": 0.125}))
+    with pytest.raises(ConfigError, match=r"vit_small_patch16_224 has no stride-4 feature.*v3plus"):
+        build_model(ModelSpec("timm", "v3plus", 21, 16, {"model": "vit_small_patch16_224"}))
 
 
 def test_xception_pretrained_without_weights_file_says_where_to_get_it() -> None:
