@@ -21,7 +21,7 @@ from . import entry
 from ._paths import config_dir
 from .config import DatasetConfig, register_configs
 from .data.check import LabelStats, Problem, check_split, format_report, summarize
-from .data_factory import class_names, dataset_layout, label_mapping, validate_dataset
+from .data_factory import class_names, dataset_layout, label_mapping, train_split, val_split, validate_dataset
 from .errors import ConfigError, DeepLabError, user_message
 
 register_configs()
@@ -42,7 +42,7 @@ def dataset_node(cfg: DictConfig) -> DictConfig:
 def split_names(splits: Any, dataset: DictConfig) -> list[str]:
     """``splits`` as a list without repeats; null means the training and validation splits."""
     if splits is None:
-        names = [dataset.train_split, dataset.val_split]
+        names = [train_split(dataset), val_split(dataset)]
     elif isinstance(splits, str):
         names = [splits]
     elif isinstance(splits, ListConfig | list | tuple) and all(isinstance(s, str) for s in splits):

@@ -177,6 +177,8 @@ class DatasetConfig:
     subset: Optional[int] = None
     on_error: str = "raise"
     synthetic: Optional[SyntheticConfig] = None
+    folds: Optional[str] = None  # a folder deeplab-split wrote; with fold=i, train/val are its fold i lists
+    fold: Optional[int] = None
 
 
 @dataclass
@@ -306,6 +308,21 @@ class CheckDataConfig:
     progress: bool = True
 
 
+@dataclass
+class SplitConfig:
+    """``deeplab-split``: the dataset keys of training and how to cut it into k folds."""
+
+    dataset: CheckDatasetConfig = field(default_factory=CheckDatasetConfig)
+    k: Any = 5
+    seed: int = 0
+    group: Optional[str] = None
+    splits: Optional[Any] = None
+    out: Optional[str] = None
+    overwrite: bool = False
+    workers: Any = 8
+    progress: bool = True
+
+
 def migrate_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config in today's layout (a copy): ``dataset.mean/std/bgr`` become ``model.preprocess``,
     and a dataset without ``family`` is VOC's (the only layout before there was a choice).
@@ -334,6 +351,7 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="check_data_schema", node=CheckDataConfig)
+    cs.store(name="split_schema", node=SplitConfig)
     cs.store(group="backbone", name="vgg16_schema", node=VGG16Config)
     cs.store(group="backbone", name="resnet_schema", node=ResNetConfig)
     cs.store(group="backbone", name="mobilenet_v2_schema", node=MobileNetV2Config)

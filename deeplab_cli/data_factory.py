@@ -18,8 +18,9 @@ from .data.check import Problem, check_command, check_split, require_clean
 from .data.class_weights import WEIGHTINGS, check_explicit, count_labels, weights_from_stats
 from .data.collate import collate_kept
 from .data.families import resolve_root
+from .data.folds import check_fold, read_folds_info
 from .data.labels import LabelMapping
-from .data.layout import Layout
+from .data.layout import FOLD_SPLIT, Layout
 from .data.palette import VOC_CLASSES, voc_colormap
 from .data.sampler import IterationBatchSampler
 from .data.segmentation import SegmentationDataset
@@ -70,13 +71,54 @@ def dataset_root(cfg: DictConfig) -> str:
     return cfg.dataset.root
 
 
+def train_split(dataset: DictConfig) -> str:
+    """``dataset.train_split``, or ``fold<i>_train`` of ``dataset.folds`` when ``dataset.fold=i``."""
+    return dataset.train_split if dataset.get("fold") is None else f"fold{dataset.fold}_train"
+
+
+def val_split(dataset: DictConfig) -> str:
+    """``dataset.val_split``, or ``fold<i>_val`` of ``dataset.folds`` when ``dataset.fold=i``."""
+    return dataset.val_split if dataset.get("fold") is None else f"fold{dataset.fold}_val"
+
+
 def dataset_layout(dataset: DictConfig, splits: list[str], root: str | None = None) -> Layout:
-    """Where the files of ``splits`` are; the tree is found under ``dataset.root`` (or ``root``)."""
-    image_dirs = [dataset.image_dir.format(split=s) for s in splits]
+    """Where the files of ``splits`` are; the tree is found under ``dataset.root`` (or ``root``).
+
+    A fold split (``fold<i>_train``/``_val`` with ``dataset.folds`` set) stands for the
+    splits its images come from, as ``folds.json`` records them.
+    """
+    folds = Path(dataset.folds).expanduser() if dataset.get("folds") else None
+    sources = []
+    for split in splits:
+        if folds is not None and FOLD_SPLIT.fullmatch(split):
+            sources += read_folds_info(folds)["splits"]
+        else:
+            sources.append(split)
+    image_dirs = [dataset.image_dir.format(split=s) for s in dict.fromkeys(sources)]
     tree = resolve_root(dataset.family, root or dataset.root, image_dirs)
     return Layout(
-        tree, dataset.image_dir, dataset.mask_dir, dataset.image_suffix, dataset.mask_suffix, dataset.split_list
+        tree, dataset.image_dir, dataset.mask_dir, dataset.image_suffix, dataset.mask_suffix, dataset.split_list, folds
     )
+
+
+def check_folds(dataset: DictConfig) -> None:
+    """``dataset.fold``/``dataset.folds``: a folder deeplab-split wrote for this dataset, and a fold it holds."""
+    if dataset.get("fold") is None:
+        return
+    if not dataset.get("folds"):
+        raise ConfigError(
+            f"dataset.fold={dataset.fold} needs dataset.folds=DIR, the folder deeplab-split wrote (e.g. "
+            f"deeplab-split dataset={dataset.name} k=5 out=folds/{dataset.name}, "
+            f"then dataset.folds=folds/{dataset.name})."
+        )
+    info = read_folds_info(Path(dataset.folds).expanduser())
+    if info.get("dataset") != dataset.name or info.get("num_classes") != dataset.num_classes:
+        raise ConfigError(
+            f"dataset.folds={dataset.folds} was made for dataset {info.get('dataset')} "
+            f"({info.get('num_classes')} classes), not dataset={dataset.name} ({dataset.num_classes} classes); "
+            "point dataset.folds at this dataset's folds, or run deeplab-split for it."
+        )
+    check_fold(dataset.fold, int(info["k"]), str(dataset.folds))
 
 
 def layout_for(cfg: DictConfig, *splits: str) -> Layout:
@@ -128,6 +170,7 @@ def validate_dataset(cfg: DictConfig) -> None:
                 "for generated colours."
             )
     label_mapping(d)
+    check_folds(d)
 
 
 #: Problems no ``dataset.on_error=skip`` can work around.
@@ -142,7 +185,7 @@ def check_dataset_lists(cfg: DictConfig) -> list[Problem]:
     are returned for a warning and handled sample by sample.
     """
     d = cfg.dataset
-    splits = list(dict.fromkeys([d.train_split, d.val_split]))
+    splits = list(dict.fromkeys([train_split(d), val_split(d)]))
     layout = layout_for(cfg, *splits)
     labels = label_mapping(d)
     found: list[Problem] = []
@@ -170,8 +213,8 @@ def make_train_loader(
     crop = d.crop_size if d.get("crop_width") is None else (d.crop_size, d.crop_width)
     transforms = train_transforms(crop, tuple(d.scale_range), d.flip, *normalisation(cfg))
     dataset = SegmentationDataset(
-        layout_for(cfg, d.train_split),
-        d.train_split,
+        layout_for(cfg, train_split(d)),
+        train_split(d),
         label_mapping(d),
         transforms,
         on_error=d.on_error,
@@ -179,8 +222,8 @@ def make_train_loader(
     )
     if len(dataset) < t.batch_size:
         raise ConfigError(
-            f"trainer.batch_size={t.batch_size} is larger than the training split {d.train_split!r} "
-            f"({len(dataset)} images under {dataset.image_dir}); lower trainer.batch_size or use a larger split."
+            f"trainer.batch_size={t.batch_size} is larger than the training split {train_split(d)!r} "
+            f"({len(dataset)} images, {dataset.source}); lower trainer.batch_size or use a larger split."
         )
     sampler = IterationBatchSampler(
         len(dataset),
@@ -206,7 +249,7 @@ def make_eval_dataset(
 ) -> SegmentationDataset:
     """Whole images of ``split`` (default ``dataset.val_split``), the first ``dataset.subset`` of them."""
     d = cfg.dataset
-    split = split or d.val_split
+    split = split or val_split(d)
     return SegmentationDataset(
         layout_for(cfg, split),
         split,
@@ -226,7 +269,7 @@ def _weights_key(cfg: DictConfig, method: str) -> dict[str, object]:
     """What the counted weights depend on: a change (other masks, mapping, split) recounts them."""
     d = cfg.dataset
     keys = ("family", "root", "train_split", "image_dir", "mask_dir", "mask_suffix", "split_list", "num_classes",
-            "label_map", "reduce_zero_label", "ignore_values", "color_map")  # fmt: skip
+            "label_map", "reduce_zero_label", "ignore_values", "color_map", "folds", "fold")  # fmt: skip
     return {"method": method, **{k: OmegaConf.to_container(d[k]) if OmegaConf.is_config(d[k]) else d[k] for k in keys}}
 
 
@@ -255,7 +298,7 @@ def class_weights(cfg: DictConfig, run_dir: Path, is_main: bool = True) -> list[
     if not is_main:
         raise ConfigError(f"{path} is missing or stale; rank 0 writes it before the other ranks read it.")
     d = cfg.dataset
-    stats = count_labels(layout_for(cfg, d.train_split), d.train_split, label_mapping(d), progress=False)
+    stats = count_labels(layout_for(cfg, train_split(d)), train_split(d), label_mapping(d), progress=False)
     weights = weights_from_stats(stats, value)
     names = class_names(cfg)
     record = {

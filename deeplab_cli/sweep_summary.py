@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "mIoU": float(metrics["mIoU"]),
                 "mIoU_network": metrics.get("mIoU_network"),
                 "train_images_per_s": metrics.get("train_images_per_s"),
+                "per_class_iou": metrics.get("per_class_iou"),
             }
         )
     return jobs
@@ -77,6 +80,68 @@ def varying_overrides(jobs: list[dict[str, Any]]) -> list[list[str]]:
     return [[o for o in j["overrides"] if o not in common] for j in jobs]
 
 
+FOLD_OVERRIDE = re.compile(r"dataset\.fold=(\d+)")
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int]:
+    """Mean and sample standard deviation (n - 1), the spread of a k-fold estimate."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values), "folds": len(values)}
+
+
+def cross_validation(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Jobs that differ only in ``dataset.fold``, pooled: mean +- std of mIoU and of every class IoU.
+
+    A class absent from a fold's validation images (IoU null) is averaged over the
+    folds where it occurs. Settings with fewer than two folds are left out; the rest
+    come best mean mIoU first.
+    """
+    pools: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for job in jobs:
+        folds = [m for o in job["overrides"] if (m := FOLD_OVERRIDE.fullmatch(o))]
+        if folds:
+            rest = tuple(o for o in job["setting"].split(" ") if not FOLD_OVERRIDE.fullmatch(o))
+            pools.setdefault(rest, []).append({**job, "fold": int(folds[-1].group(1))})
+    results = []
+    for rest, members in pools.items():
+        if len({m["fold"] for m in members}) < 2:
+            continue
+        members.sort(key=lambda m: m["fold"])
+        names = list(dict.fromkeys(n for m in members for n in (m["per_class_iou"] or {})))
+        per_class = {}
+        for name in names:
+            values = [(m["per_class_iou"] or {}).get(name) for m in members]
+            present = [float(v) for v in values if v is not None]
+            per_class[name] = _mean_std(present) if len(present) > 1 else None
+        results.append(
+            {
+                "setting": " ".join(rest) or "(all folds)",
+                "folds": [m["fold"] for m in members],
+                "jobs": [m["job"] for m in members],
+                "mIoU": _mean_std([m["mIoU"] for m in members]),
+                "per_class_iou": per_class,
+            }
+        )
+    return sorted(results, key=lambda r: r["mIoU"]["mean"], reverse=True)
+
+
+def _pm(stat: dict[str, float | int] | None) -> str:
+    return "-" if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def cross_validation_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown: per pooled setting, mIoU and each class IoU as mean ± std over the folds."""
+    if not results:
+        return []
+    lines = ["", "## Cross-validation: mean ± std over folds (sample std, n - 1)", ""]
+    header = "| class | " + " | ".join(f"`{r['setting']}` (folds {','.join(map(str, r['folds']))})" for r in results)
+    lines += [header + " |", "|---" * (len(results) + 1) + "|"]
+    lines.append("| **mIoU %** | " + " | ".join(f"**{_pm(r['mIoU'])}**" for r in results) + " |")
+    names = list(dict.fromkeys(n for r in results for n in r["per_class_iou"]))
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_pm(r["per_class_iou"].get(name)) for r in results) + " |")
+    return lines
+
+
 def _cell(value: float | None, scale: float, digits: int) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
@@ -91,7 +156,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     if training:  # a training sweep (backbones, learning rates): what each model costs beside what it scores
         for j in jobs:
             j.update(model_cost(sweep_dir / j["job"]) or {"params": None, "gmacs": None})
-    (sweep_dir / "summary.json").write_text(json.dumps(jobs, indent=2))
+    folds = cross_validation(jobs)
+    (sweep_dir / "summary.json").write_text(json.dumps({"jobs": jobs, "cross_validation": folds}, indent=2))
     with_network = any(j["mIoU_network"] is not None for j in jobs)
     header = "| rank | setting | mIoU % |" + (" network mIoU % |" if with_network else "")
     if training:
@@ -108,6 +174,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
                 for key, scale, digits in (("params", 1e-6, 2), ("gmacs", 1, 2), ("train_images_per_s", 1, 2))
             )
         lines.append(f"| {rank} | `{j['setting']}` | {j['mIoU']:.2f} |{net}{cost} {j['job']} |")
+    lines += cross_validation_lines(folds)
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return jobs
 
@@ -120,6 +187,9 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         jobs = write_summary(sweep_dir)
+        for pooled in cross_validation(jobs):
+            log.info("cross-validation of %s: mIoU %s over folds %s", pooled["setting"], _pm(pooled["mIoU"]),
+                     pooled["folds"])  # fmt: skip
         if jobs:
             best = jobs[0]
             log.info(

@@ -155,7 +155,7 @@ def _train_every_preset(cwd: Path, sweep: Path, *extra: str) -> dict[str, Path]:
         preset = (job / ".hydra" / "overrides.yaml").read_text().split("model=")[1].split()[0]
         found[preset] = job / "checkpoints" / "last.pt"
     assert sorted(found) == MODEL_PRESETS
-    summary = json.loads((sweep / "summary.json").read_text())
+    summary = json.loads((sweep / "summary.json").read_text())["jobs"]
     assert len(summary) == len(MODEL_PRESETS) and all(job["mIoU"] is not None for job in summary)
     return found
 

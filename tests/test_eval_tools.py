@@ -286,7 +286,7 @@ def test_crf_sweep_runs_the_network_once_and_writes_a_summary(tmp_path: Path, ch
     assert [j["probabilities"]["network_images"] for j in jobs] == [3, 0, 0]
     assert [j["probabilities"]["cached_images"] for j in jobs] == [0, 3, 3]
     assert all(j["num_images"] == 3 for j in jobs)
-    summary = json.loads((sweep / "summary.json").read_text())
+    summary = json.loads((sweep / "summary.json").read_text())["jobs"]
     assert sorted(r["setting"] for r in summary) == ["crf.bi_w=2", "crf.bi_w=30", "crf.bi_w=4"]
     assert [r["mIoU"] for r in summary] == sorted((j["mIoU"] for j in jobs), reverse=True)
     table = (sweep / "summary.md").read_text()
@@ -447,7 +447,7 @@ def test_optuna_sweep_gets_the_crf_miou_back(tmp_path: Path, checkpoint: Path) -
     assert all(j["crf"]["name"] == "deeplabv2_resnet101" and j["num_images"] == 2 for j in jobs)
     assert f"best_value: {max(j['mIoU'] for j in jobs)}" in best
     assert [j["probabilities"]["network_images"] for j in jobs] == [2, 0]
-    assert len(json.loads((sweep / "summary.json").read_text())) == 2
+    assert len(json.loads((sweep / "summary.json").read_text())["jobs"]) == 2
 
 
 @pytest.mark.parametrize(

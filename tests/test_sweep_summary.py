@@ -27,7 +27,7 @@ def test_jobs_ranked_best_first_with_their_setting(tmp_path: Path) -> None:
     jobs = write_summary(tmp_path)
     assert [j["setting"] for j in jobs] == ["crf.bi_w=4", "crf.bi_w=5", "crf.bi_w=3"]
     assert [j["job"] for j in jobs] == ["1", "2", "0"]
-    assert json.loads((tmp_path / "summary.json").read_text()) == jobs
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"jobs": jobs, "cross_validation": []}
     lines = (tmp_path / "summary.md").read_text().splitlines()
     assert lines[2] == "| rank | setting | mIoU % | network mIoU % | job |"
     assert lines[4] == "| 1 | `crf.bi_w=4` | 63.25 | 60.00 | 1 |"

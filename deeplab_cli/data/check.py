@@ -31,6 +31,7 @@ KINDS = (
     "missing_list",
     "empty_list",
     "duplicate_id",
+    "bad_line",
     "missing_dir",
     "no_images",
     "missing_image",
@@ -152,25 +153,24 @@ def _existence(
     Names are compared as strings against one directory read per folder: no stat per id.
     """
     problems: list[Problem] = []
-    folders = {
-        "image": (layout.image_folder(split), layout.image_suffix),
-        "mask": (layout.mask_folder(split), layout.mask_suffix),
-    }
-    listings: dict[str, dict[str, set[str] | None]] = {"image": {}, "mask": {}}
+    kinds = {"image": (layout.image_folder, layout.image_path), "mask": (layout.mask_folder, layout.mask_path)}
+    listings: dict[Path, set[str] | None] = {}
     paths: dict[str, dict[str, Path | None]] = {"image": {}, "mask": {}}
-    for what, (folder, suffix) in folders.items():
-        if not folder.is_dir():
-            problems.append(Problem("missing_dir", str(folder), _missing_dir_reason(what, layout)))
-            paths[what] = dict.fromkeys(stems)
-            continue
+    for what, (folder_of, path_of) in kinds.items():
+        missing_sources = set()
+        for origin in layout.source_splits(split):  # one folder per split; a fold draws on several
+            if not folder_of(origin).is_dir():
+                problems.append(Problem("missing_dir", str(folder_of(origin)), _missing_dir_reason(what, layout)))
+                missing_sources.add(origin)
         for stem, lines in stems.items():
-            sub, _, name = stem.rpartition("/")
-            directory = folder / sub if sub else folder
-            if sub not in listings[what]:
-                listings[what][sub] = _file_names(directory)
-            names = listings[what][sub]
-            path = directory / f"{name}{suffix}"
-            if names is not None and f"{name}{suffix}" in names:
+            if layout.source(split, stem) in missing_sources:
+                paths[what][stem] = None
+                continue
+            path = path_of(split, stem)
+            if path.parent not in listings:
+                listings[path.parent] = _file_names(path.parent)
+            names = listings[path.parent]
+            if names is not None and path.name in names:
                 paths[what][stem] = path
                 continue
             paths[what][stem] = None

@@ -13,7 +13,9 @@ or list path stands for the split's name.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from ..errors import DeepLabError
 
 class DatasetError(DeepLabError):
     """A dataset that cannot be used as configured; the message says how to fix it."""
+
+
+#: The split names of a ``deeplab-split`` folder: ``fold<i>_train`` and ``fold<i>_val``.
+FOLD_SPLIT = re.compile(r"fold(\d+)_(train|val)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class Layout:
     image_suffix: str = ".jpg"
     mask_suffix: str = ".png"
     split_list: str | None = "ImageSets/Segmentation/{split}.txt"
+    #: a ``deeplab-split`` folder: its ``fold<i>_train``/``fold<i>_val`` lists are splits too, whose
+    #: lines name each image's stem and the split whose folders hold it
+    folds: Path | None = None
 
     def image_folder(self, split: str) -> Path:
         return self.root / self.image_dir.format(split=split)
@@ -56,16 +65,36 @@ class Layout:
         return self.root / self.mask_dir.format(split=split)
 
     def list_path(self, split: str) -> Path | None:
+        if self.is_fold(split):
+            return self.folds / f"{split}.txt"  # type: ignore[operator]
         return self.root / self.split_list.format(split=split) if self.split_list else None
 
+    def is_fold(self, split: str) -> bool:
+        return self.folds is not None and FOLD_SPLIT.fullmatch(split) is not None
+
+    def source(self, split: str, stem: str) -> str:
+        """The split whose folders hold ``stem``: ``split`` itself, or what a fold list says."""
+        if not self.is_fold(split):
+            return split
+        return _fold_sources(self.folds / f"{split}.txt")[stem]  # type: ignore[operator]
+
+    def source_splits(self, split: str) -> list[str]:
+        """The splits whose folders the images of ``split`` come from (several for a fold)."""
+        if not self.is_fold(split):
+            return [split]
+        path = self.folds / f"{split}.txt"  # type: ignore[operator]
+        return list(dict.fromkeys(_fold_sources(path).values())) if path.is_file() else []
+
     def image_path(self, split: str, stem: str) -> Path:
-        return self.image_folder(split) / f"{stem}{self.image_suffix}"
+        return self.image_folder(self.source(split, stem)) / f"{stem}{self.image_suffix}"
 
     def mask_path(self, split: str, stem: str) -> Path:
-        return self.mask_folder(split) / f"{stem}{self.mask_suffix}"
+        return self.mask_folder(self.source(split, stem)) / f"{stem}{self.mask_suffix}"
 
     def listing(self, split: str) -> Listing:
-        """The split's stems: from its list file, else from a scan of its image folder."""
+        """The split's stems: from its list file (a fold list for a fold), else from a scan of its image folder."""
+        if self.is_fold(split):
+            return _read_fold_list(self.folds / f"{split}.txt", split)  # type: ignore[operator]
         path = self.list_path(split)
         if path is not None:
             return _read_list(path, split)
@@ -129,6 +158,48 @@ def _read_list(path: Path, split: str) -> Listing:
             str(path),
             f"id {stem} is listed {len(lines)} times (lines {', '.join(map(str, lines))}); keep one line",
         )
+        for stem, lines in lines_of.items()
+        if len(lines) > 1
+    ]
+    return Listing(list(lines_of), path, lines_of, problems)
+
+
+def _fold_lines(path: Path) -> list[tuple[int, list[str]]]:
+    return [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_sources_cached(path: str, mtime_ns: int) -> dict[str, str]:
+    return {words[0]: words[1] for _, words in _fold_lines(Path(path)) if len(words) >= 2}
+
+
+def _fold_sources(path: Path) -> dict[str, str]:
+    """stem -> source split of a fold list, read once per version of the file."""
+    return _fold_sources_cached(str(path), path.stat().st_mtime_ns)
+
+
+def _read_fold_list(path: Path, split: str) -> Listing:
+    """A ``deeplab-split`` list: one ``<stem> <source split>`` per line."""
+    if not path.is_file():
+        folder = path.parent
+        made = sorted(p.stem for p in folder.glob("fold*_*.txt")) if folder.is_dir() else []
+        reason = (
+            f"split {split!r} has no fold list in dataset.folds={str(folder)!r} (it holds: {', '.join(made) or 'none'})"
+            "; run deeplab-split with out= this folder, or set dataset.folds to the folder deeplab-split wrote"
+        )
+        return Listing([], path, {}, [("missing_list", str(path), reason)])
+    lines_of: dict[str, list[int]] = {}
+    problems = []
+    for number, words in _fold_lines(path):
+        if len(words) != 2:
+            reason = f"line {number} is {' '.join(words)!r}; a fold list line is '<stem> <split>' (rewrite it with deeplab-split)"
+            problems.append(("bad_line", str(path), reason))
+            continue
+        lines_of.setdefault(words[0], []).append(number)
+    if not lines_of:
+        return Listing([], path, {}, problems or [("empty_list", str(path), "the fold list is empty")])
+    problems += [
+        ("duplicate_id", str(path), f"id {stem} is listed {len(lines)} times (lines {', '.join(map(str, lines))})")
         for stem, lines in lines_of.items()
         if len(lines) > 1
     ]

@@ -111,8 +111,9 @@ class SegmentationDataset(Dataset):
             if subset < 1:
                 raise DatasetError(f"dataset.subset={subset} must be a positive number of images (or null for all).")
             self.ids = self.ids[:subset]
+        self.source = listing.source  # the list file or the scanned folder, for messages
         self.image_dir = layout.image_folder(split)
-        self.mask_dir = layout.mask_folder(split)
+        self.mask_dirs = [layout.mask_folder(s) for s in layout.source_splits(split)]
         self.labels = labels
         self.num_classes = labels.num_classes
         self.require_masks = require_masks
@@ -120,9 +121,10 @@ class SegmentationDataset(Dataset):
             raise DatasetError(f"dataset.on_error={on_error!r}; choose one of {', '.join(ON_ERROR)}.")
         self.on_error = on_error
         self.skip_log = skip_log
-        if require_masks and not self.mask_dir.is_dir():
+        missing = [d for d in self.mask_dirs if not d.is_dir()]
+        if require_masks and missing:
             raise DatasetError(
-                f"mask folder {self.mask_dir} does not exist (dataset.mask_dir={layout.mask_dir!r}); set "
+                f"mask folder {missing[0]} does not exist (dataset.mask_dir={layout.mask_dir!r}); set "
                 "dataset.mask_dir to the folder of masks. For dataset=voc_aug run 'python scripts/prepare_voc.py' "
                 "to build SegmentationClassAug/ from SBD."
             )
