@@ -48,6 +48,7 @@ SHRINK = {
     "deeplab-eval": ["dataset.subset=1", "eval.num_workers=0", "eval.progress=false", "eval.plots=false"],
     "deeplab-predict": ["eval.num_workers=0", "eval.progress=false"],
     "deeplab-check-data": ["progress=false", "workers=2"],
+    "deeplab-split": ["progress=false", "workers=2"],
     "scripts/benchmark_slide.py": ["size=96x64", "window=48", "stride=32", "threads=2"],
     "scripts/benchmark.py": [
         "crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=40x32", "compile=false",
@@ -62,6 +63,7 @@ NOT_HYDRA = ("deeplab-summary", "deeplab-backbones")
 SWEEP_SHRINK = {
     "+sweep=crf_grid": ["crf.bi_w=4", "crf.bi_xy_std=65", "crf.bi_rgb_std=3,4"],  # the command line wins
     "+sweep=crf_optuna": ["hydra.sweeper.n_trials=2"],
+    "sweep=kfold": ["dataset.fold=0,1"],
 }  # fmt: skip
 
 
@@ -122,11 +124,15 @@ def _workspace(cwd: Path) -> dict[str, Path]:
     _vainf_file(cwd / "best_deeplabv3plus_mobilenet_voc_os16.pth", "vainf_deeplabv3plus_mobilenet_os16.keys.tsv", 3)
     from test_dataset_families import ade_tree, cityscapes_tree, generic_tree
 
-    camvid = cwd / "data" / "camvid"  # three real CamVid frames per split, SegNet layout, JPEG images
-    for split in ("train", "val"):
+    camvid = cwd / "data" / "camvid"  # real CamVid frames, SegNet layout, JPEG images: two of each sequence
+    for split in ("train", "val"):  # (train has three, so a k=3 split by sequence works; val one)
+        by_sequence: dict[str, list[str]] = {}
+        for path in sorted((CAMVID / split).glob("*.jpg")):
+            by_sequence.setdefault(path.stem.split("_")[0], []).append(path.stem)
+        keep = [n for seq in sorted(by_sequence) for n in by_sequence[seq][:2]]
         for sub, suffix in ((split, ".jpg"), (f"{split}annot", ".png")):
             (camvid / sub).mkdir(parents=True)
-            for name in sorted(p.stem for p in (CAMVID / split).glob("*.jpg"))[:3]:
+            for name in keep:
                 shutil.copy(CAMVID / sub / f"{name}{suffix}", camvid / sub / f"{name}{suffix}")
     cityscapes_tree(cwd / "data" / "cityscapes")
     ade_tree(cwd / "data" / "ade")
