@@ -7,7 +7,6 @@ run dir, and exits 1 when anything is wrong, so scripts and CI can gate on it.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from ._paths import config_dir
 from .config import DatasetConfig, register_configs
 from .data.check import LabelStats, Problem, check_split, format_report, summarize
 from .data_factory import class_names, dataset_layout, label_mapping, train_split, val_split, validate_dataset
-from .errors import ConfigError, DeepLabError, user_message
+from .errors import ConfigError
 
 register_configs()
 
@@ -136,11 +135,8 @@ def run_check(cfg: DictConfig, run_dir: Path) -> list[Problem]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="check_data")
 def hydra_main(cfg: DictConfig) -> None:
-    try:
+    with entry.user_errors():
         problems = run_check(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (DeepLabError, OmegaConfBaseException) as exc:
-        print(f"Error: {user_message(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
     if problems:
         raise SystemExit(1)
 

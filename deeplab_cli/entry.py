@@ -8,15 +8,17 @@ and what to do. Setting ``HYDRA_FULL_ERROR=1`` yourself keeps Hydra's full repor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import MOVED_TO_PREPROCESS
+from .errors import DeepLabError, user_message
 
 _FULL_ERROR = "HYDRA_FULL_ERROR"
 _DROPPED = (
@@ -94,3 +96,13 @@ def run(hydra_main: Callable[[], object]) -> None:
     finally:
         if not keep_trace:
             os.environ.pop(_FULL_ERROR, None)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Inside a ``@hydra.main`` body: our errors and bad config values print one line and exit 1."""
+    try:
+        yield
+    except (DeepLabError, OmegaConfBaseException) as exc:
+        print(f"Error: {user_message(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None

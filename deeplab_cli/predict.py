@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from . import entry, factory
@@ -24,7 +22,7 @@ from .data.transforms import eval_transforms
 from .engine.logger import colorize
 from .engine.pipeline import PredictionHook, run_evaluation
 from .engine.precision import to_memory_format
-from .errors import ConfigError, DeepLabError, user_message
+from .errors import ConfigError
 from .evaluate import load_for_eval, save_prediction
 
 log = logging.getLogger("deeplab_cli.predict")
@@ -87,11 +85,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
-    try:
+    with entry.user_errors():
         run_predict(cfg)
-    except (DeepLabError, OmegaConfBaseException) as exc:
-        print(f"Error: {user_message(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def main() -> None:

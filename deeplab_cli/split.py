@@ -12,7 +12,6 @@ for a random k-fold with the same seed. Training on fold i is then
 from __future__ import annotations
 
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from . import entry
@@ -43,7 +41,6 @@ from .data.labels import LabelMapping
 from .data.layout import Layout
 from .data.segmentation import load_mask
 from .data_factory import class_names, dataset_layout, label_mapping, validate_dataset
-from .errors import DeepLabError, user_message
 
 register_configs()
 
@@ -209,11 +206,8 @@ def run_split(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="split")
 def hydra_main(cfg: DictConfig) -> None:
-    try:
+    with entry.user_errors():
         run_split(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (DeepLabError, OmegaConfBaseException) as exc:
-        print(f"Error: {user_message(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def main() -> None:

@@ -39,6 +39,19 @@ def test_every_preset_composes_with_every_dataset_and_command(preset: str, datas
     assert cfg.model.num_classes == cfg.dataset.num_classes == NUM_CLASSES.get(dataset, 21)
 
 
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("config_name", ["check_data", "split"])
+def test_dataset_tools_compose_with_every_dataset_and_fold_keys(dataset: str, config_name: str) -> None:
+    """deeplab-check-data and deeplab-split take the same dataset= presets and dataset.folds/fold keys."""
+    from deeplab_cli.check_data import dataset_node
+
+    cfg = compose_train([f"dataset={dataset}", "dataset.folds=f", "dataset.fold=1"], config_name=config_name)
+    node = dataset_node(cfg)
+    assert node.name == dataset and node.fold == 1 and node.num_classes == NUM_CLASSES.get(dataset, 21)
+    if config_name == "split":
+        assert (cfg.k, cfg.group, cfg.out) == (5, None, None)
+
+
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
 def test_every_preset_builds_as_composed(preset: str) -> None:
     cfg = compose_train([f"model={preset}"])

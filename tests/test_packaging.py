@@ -30,6 +30,8 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
         "eval.yaml",
         "predict.yaml",
         "check_data.yaml",
+        "split.yaml",
+        "sweep/kfold.yaml",
         "model/deeplabv1_largefov.yaml",
         "model/quickstart.yaml",
         "trainer/quickstart.yaml",
@@ -44,6 +46,7 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
     assert "deeplab-eval = deeplab_cli.evaluate:main" in text
     assert "deeplab-predict = deeplab_cli.predict:main" in text
     assert "deeplab-check-data = deeplab_cli.check_data:main" in text
+    assert "deeplab-split = deeplab_cli.split:main" in text
 
 
 def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:
