@@ -289,6 +289,27 @@ class PredictConfig(EvalConfig):
     overlay_alpha: float = 0.5
 
 
+@dataclass
+class ExportVerifyConfig:
+    input: Optional[str] = None  # images (file, folder, glob) to compare on; null: generated test images
+    sizes: list[list[int]] = field(default_factory=lambda: [[321, 321], [360, 480], [97, 131]])
+    atol: float = 1e-3  # largest allowed absolute difference of the outputs (logits / probabilities)
+    min_agreement: float = 0.9999  # smallest allowed share of pixels with the same predicted class
+
+
+@dataclass
+class ExportConfig(EvalConfig):
+    """``deeplab-export``: the checkpoint keys of evaluation and what to write."""
+
+    format: str = "onnx"
+    out: Optional[str] = None
+    opset: int = 18
+    include_preprocess: bool = True
+    output: str = "logits"
+    dynamic: bool = True
+    verify: ExportVerifyConfig = field(default_factory=ExportVerifyConfig)
+
+
 #: Keys that older versions kept under ``dataset`` and that now live under ``model.preprocess``.
 MOVED_TO_PREPROCESS = ("mean", "std", "bgr")
 
@@ -350,6 +371,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="check_data_schema", node=CheckDataConfig)
     cs.store(name="split_schema", node=SplitConfig)
     cs.store(group="backbone", name="vgg16_schema", node=VGG16Config)

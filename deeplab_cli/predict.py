@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ._paths import config_dir
 from .config import register_configs
 from .data.images import ImageFiles, resolve_inputs
 from .data.transforms import eval_transforms
+from .deploy.predict_exported import EXPORTED_SUFFIXES, check_plain, predict_exported
 from .engine.logger import colorize
 from .engine.pipeline import PredictionHook, run_evaluation
 from .engine.precision import to_memory_format
@@ -44,11 +47,21 @@ def overlay(
 def _writer(
     dataset: ImageFiles, out_dir: Path, alpha: float, final_stage: str, palette: np.ndarray, keep_background: bool
 ) -> PredictionHook:
+    write_one = _write_outputs(out_dir, alpha)
+
     def write(index: int, pred: torch.Tensor, target: torch.Tensor, stage: str) -> None:
-        if stage != final_stage:
-            return
+        if stage == final_stage:
+            write_one(dataset, index, pred, palette, keep_background)
+
+    return write
+
+
+def _write_outputs(out_dir: Path, alpha: float) -> Callable[[ImageFiles, int, torch.Tensor, np.ndarray, bool], None]:
+    """The mask PNG and overlay JPEG of one image (shared by the checkpoint and exported-file paths)."""
+
+    def write(dataset: ImageFiles, index: int, pred: torch.Tensor, palette: np.ndarray, background: bool) -> None:
         save_prediction(out_dir, dataset.ids[index], pred, palette)
-        mixed = overlay(dataset.load_rgb(index), pred.cpu().numpy().astype(np.uint8), alpha, palette, keep_background)
+        mixed = overlay(dataset.load_rgb(index), pred.cpu().numpy().astype(np.uint8), alpha, palette, background)
         Image.fromarray(mixed).save(out_dir / f"{dataset.ids[index]}_overlay.jpg", quality=90)
 
     return write
@@ -66,6 +79,14 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"output={str(out_dir)!r} cannot be created ({exc}); choose a writable folder.") from exc
+    exported = Path(str(cfg.checkpoint)).expanduser()
+    if exported.suffix in EXPORTED_SUFFIXES:
+        check_plain(list(cfg.eval.scales), bool(cfg.eval.flip), settings.crf is not None)
+        start = time.perf_counter()
+        count = predict_exported(exported, ImageFiles(files, None), _write_outputs(out_dir, cfg.overlay_alpha))
+        seconds = time.perf_counter() - start
+        print(f"{count} images -> {out_dir} ({exported.name})")
+        return {"output": str(out_dir), "num_images": count, "seconds": seconds}
     model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
     device = factory.select_device(train_cfg.trainer.device)
     t = train_cfg.trainer

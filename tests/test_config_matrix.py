@@ -24,7 +24,7 @@ from deeplab_cli.models.importers.base import meta_build
 
 DATASETS = sorted(p.stem for p in (REPO / "configs" / "dataset").glob("*.yaml"))
 NUM_CLASSES = {"folder": 2, "cityscapes": 19, "cityscapes_trainids": 19, "ade20k": 150, "camvid": 11}
-COMMANDS = ["train", "eval", "predict"]
+COMMANDS = ["train", "eval", "predict", "export"]
 needs_voc = pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
 
 

@@ -31,6 +31,7 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
         "predict.yaml",
         "check_data.yaml",
         "split.yaml",
+        "export.yaml",
         "sweep/kfold.yaml",
         "model/deeplabv1_largefov.yaml",
         "model/quickstart.yaml",
@@ -47,6 +48,7 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
     assert "deeplab-predict = deeplab_cli.predict:main" in text
     assert "deeplab-check-data = deeplab_cli.check_data:main" in text
     assert "deeplab-split = deeplab_cli.split:main" in text
+    assert "deeplab-export = deeplab_cli.export:main" in text
 
 
 def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ SHRINK = {
     "deeplab-predict": ["eval.num_workers=0", "eval.progress=false"],
     "deeplab-check-data": ["progress=false", "workers=2"],
     "deeplab-split": ["progress=false", "workers=2"],
+    "deeplab-export": ["verify.sizes=[[64,80]]"],
     "scripts/benchmark_slide.py": ["size=96x64", "window=48", "stride=32", "threads=2"],
     "scripts/benchmark.py": [
         "crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=40x32", "compile=false",
@@ -167,7 +168,7 @@ def _substitute(words: list[str], cwd: Path, ckpt: Path) -> list[str]:
         if word == "...":
             continue
         key, _, value = word.partition("=")
-        if key == "checkpoint" and not value.endswith(".pth"):
+        if key == "checkpoint" and not value.endswith((".pth", ".onnx", ".pt2")):
             word = f"checkpoint={ckpt}"
         elif key == "model.init_from" and not value.endswith(".pth"):
             word = f"model.init_from={ckpt}"

@@ -1,0 +1,1 @@
+"""Deployment: a DeepLab model as one graph (preprocessing, network, upsampling, output) for ONNX / torch.export."""
