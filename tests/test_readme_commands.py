@@ -176,7 +176,7 @@ def _substitute(words: list[str], cwd: Path, ckpt: Path) -> list[str]:
             word = f"dataset.root={ROOTS.get(value, 'data')}"
         elif key == "input":
             word = f"input={value.replace('photos/', str(cwd / 'photos') + '/')}"
-        elif key == "output":
+        elif key == "output" and value.endswith("/"):  # deeplab-predict's folder (deeplab-export's output= is a kind)
             word = f"output={cwd / value}"
         out.append(word)
     return out
