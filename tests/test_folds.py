@@ -196,6 +196,28 @@ def test_fold_keys_fail_in_one_line(tmp_path: Path) -> None:
     assert (out / "fold0_val.txt").read_text() != before
 
 
+def test_the_same_id_in_two_pooled_splits_and_a_bad_fold_line_are_named(tmp_path: Path) -> None:
+    """Users' folders often number each split from 0: pooled, the ids clash, and the lists could not tell them apart."""
+    from test_dataset_families import GENERIC, generic_tree
+
+    root = generic_tree(tmp_path / "mine")
+    (root / "images" / "val" / "d.jpg").rename(root / "images" / "val" / "a.jpg")
+    (root / "masks" / "val" / "d.png").rename(root / "masks" / "val" / "a.png")
+    mine = [*GENERIC, f"dataset.root={root}", "dataset.ignore_values=[9]"]
+    with pytest.raises(FoldError, match=r"image id 'a' is in split 'train' and in split 'val'; .* \(rename one copy\)"):
+        split(tmp_path, [*mine, "splits=[train,val]", "k=2", f"out={tmp_path}/f"])
+    assert not (tmp_path / "f").exists()
+    _, out = split(tmp_path, [*mine, "k=3", f"out={tmp_path}/g"])
+    (out / "fold0_val.txt").write_text((out / "fold0_val.txt").read_text() + "only_a_stem\n")
+    from deeplab_cli.data.check import check_split
+    from deeplab_cli.data.labels import LabelMapping
+    from deeplab_cli.data.layout import Layout
+
+    layout = Layout(root, "images/{split}", "masks/{split}", ".jpg", ".png", None, out)
+    problems = check_split(layout, "fold0_val", LabelMapping(3, ignore_values=(9,)), deep=False).problems
+    assert [p.kind for p in problems] == ["bad_line"] and "line 2 is 'only_a_stem'" in problems[0].reason
+
+
 def test_split_of_the_synthetic_set_is_checked_by_check_data(tmp_path: Path) -> None:
     """deeplab-check-data on dataset.fold=i checks that fold's lists; a broken line is reported."""
     root = tmp_path / "synth"
