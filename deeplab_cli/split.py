@@ -108,8 +108,8 @@ def fold_groups(groups: Groups, fold: np.ndarray, k: int) -> list[list[str]]:
 
 def report(
     cfg: DictConfig, dataset: DictConfig, splits: list[str], refs: list, pixels: np.ndarray, groups: Groups
-) -> dict[str, Any]:
-    """Both assignments and their balance, as written to ``folds.json``."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The stratified fold of each image, and both assignments' balance as written to ``folds.json``."""
     k, names = cfg.k, class_names(OmegaConf.create({"dataset": dataset}))
     fold = stratified_folds(pixels, groups, k, cfg.seed)
     baseline = random_folds(groups, k, cfg.seed)
@@ -137,8 +137,7 @@ def report(
     if cfg.group is not None:
         info["stratified"]["groups"] = fold_groups(groups, fold, k)
         info["random"]["groups"] = fold_groups(groups, baseline, k)
-    info["_fold"] = fold
-    return info
+    return info, fold
 
 
 def summary_text(info: dict[str, Any], out: Path) -> str:
@@ -194,8 +193,7 @@ def run_split(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     groups = group_images([stem for _, stem in refs], cfg.group)
     check_k(cfg.k, len(refs), len(groups.keys), len(groups.keys) < len(refs))
     pixels = read_pixels(layout, refs, label_mapping(dataset), workers, bool(cfg.progress))
-    info = report(cfg, dataset, splits, refs, pixels, groups)
-    fold = info.pop("_fold")
+    info, fold = report(cfg, dataset, splits, refs, pixels, groups)
     write_lists(out, refs, fold, cfg.k)
     tmp = out / f".{FOLDS_FILE}.tmp"
     tmp.write_text(json.dumps(info, indent=2))
