@@ -9,6 +9,10 @@ first; ours is freed before the reference is built, so neither sees the other's 
 throughput excludes data loading (tensors made on the device beforehand); ``data=true`` adds one
 measurement of ours through the real DataLoader on a synthetic set with VOC-sized images. Numbers
 depend on the machine and on whatever else runs on it: compare ratios from one run, not runs.
+
+``mode=onnx`` measures deployment instead: the preset exported to ONNX (as ``deeplab-export``
+writes it) in ONNX Runtime against the same graph in PyTorch, CPU inference at batch 1 of an
+``infer_size`` image (``deploy/benchmark_onnx.py``); the training keys are then unused.
 """
 
 from __future__ import annotations
@@ -106,7 +110,10 @@ class Option:
     parse: Callable[[str], Any]
 
 
+MODES = ("train", "onnx")
+
 OPTIONS: dict[str, Option] = {
+    "mode": Option("train", "train (ours vs torchvision) | onnx (ONNX Runtime vs PyTorch, CPU)", _choice(*MODES)),
     "model": Option("deeplabv3_resnet101", "a preset of configs/model", lambda t: _choice(*model_presets())(t)),
     "crop": Option("513", "an integer >= 8", _int(8)),
     "batch": Option("16", "an integer >= 2 (BatchNorm in training needs two samples)", _int(2)),
@@ -129,6 +136,7 @@ OPTIONS: dict[str, Option] = {
 
 @dataclass(frozen=True)
 class Settings:
+    mode: str
     model: str
     crop: int
     batch: int
@@ -542,6 +550,32 @@ def report_text(result: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- entry point
 
 
+def run_onnx(settings: Settings, device: torch.device, command: str) -> dict[str, Any]:
+    """``mode=onnx``: the preset's deployment graph in ONNX Runtime against PyTorch, CPU, batch 1."""
+    from .deploy import benchmark_onnx
+    from .deploy.exporters import ExportError, require_onnx
+
+    if device.type != "cpu" or settings.precision != "fp32":
+        raise UsageError("mode=onnx compares CPU inference in fp32; use device=cpu (or auto) and precision=fp32")
+    try:
+        require_onnx()
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    import onnxruntime
+
+    cfg = our_config(settings, None)
+    factory.resolve_preprocess(cfg)
+    mean, std, bgr = factory.normalisation(cfg)
+    model = factory.make_model(cfg, pretrained=False)
+    result = benchmark_onnx.measure_onnx(
+        model, mean, std, bgr, settings.infer_size, settings.warmup, settings.infer_iters
+    )
+    result["settings"] = environment(settings, device) | {"onnxruntime": onnxruntime.__version__}
+    result["command"] = command
+    result["command_full"] = shlex.join(["python", "scripts/benchmark.py", *settings.as_arguments()])
+    return result
+
+
 def run(settings: Settings, device: torch.device, command: str) -> dict[str, Any]:
     """Ours (train, train with data, inference), then free it, then the reference (train, inference)."""
     memory = PeakMemory(device)
@@ -586,14 +620,17 @@ def main(argv: list[str] | None = None) -> int:
         for key, option in OPTIONS.items():
             print(f"  {key}={option.default}  ({option.allowed})")
         return 0
-    command = shlex.join(sys.orig_argv if argv is None else ["python", "scripts/benchmark.py", *args])
+    if argv is None and Path(sys.argv[0]).name == "deeplab-benchmark":  # the console script, as the user typed it
+        command = shlex.join(["deeplab-benchmark", *args])
+    else:
+        command = shlex.join(sys.orig_argv if argv is None else ["python", "scripts/benchmark.py", *args])
     threads = torch.get_num_threads()
     try:
         settings = parse_args(args)
         device = resolve_device(settings)
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
-        result = run(settings, device, command)
+        result = (run_onnx if settings.mode == "onnx" else run)(settings, device, command)
     except UsageError as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 2
@@ -602,7 +639,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         torch.set_num_threads(threads)
-    text = report_text(result)
+    if settings.mode == "onnx":
+        from .deploy.benchmark_onnx import report_text as onnx_text
+
+        text = onnx_text(result)
+    else:
+        text = report_text(result)
     print(text)
     if settings.out is not None:
         path = Path(settings.out)

@@ -293,7 +293,8 @@ class PredictConfig(EvalConfig):
 class ExportVerifyConfig:
     input: Optional[str] = None  # images (file, folder, glob) to compare on; null: generated test images
     sizes: list[list[int]] = field(default_factory=lambda: [[321, 321], [360, 480], [97, 131]])
-    atol: float = 1e-3  # largest allowed absolute difference of the outputs (logits / probabilities)
+    atol: float = 1e-3  # allowed difference of the outputs (logits / probabilities): atol + rtol * max |output|
+    rtol: float = 1e-4
     min_agreement: float = 0.9999  # smallest allowed share of pixels with the same predicted class
 
 

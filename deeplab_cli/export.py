@@ -36,7 +36,7 @@ from .deploy.exporters import (
     program_runner,
     require_onnx,
 )
-from .deploy.verify import compare, file_images, generated_images, summary
+from .deploy.verify import compare, file_images, generated_images, summary, tolerance
 from .deploy.wrapper import OUTPUTS, DeployModel
 from .evaluate import load_for_eval
 
@@ -125,23 +125,27 @@ def verify(cfg: DictConfig, deploy: DeployModel, path: Path) -> dict[str, Any]:
         size = tuple(cfg.verify.sizes[0])
         images = [(n, im) for n, im in images if im.shape[:2] == size] or generated_images([size])
     results = compare(deploy, runner, images, batch_of_two=cfg.dynamic)
-    worst, agreement = summary(results)
+    worst, scale, agreement = summary(results)
+    allowed = tolerance(cfg.verify.atol, cfg.verify.rtol, scale)
     report = {
         "images": [{**r.__dict__, "size": list(r.size)} for r in results],
         "max_abs_diff": worst,
+        "max_abs_output": scale,
         "agreement": agreement,
         "atol": cfg.verify.atol,
+        "rtol": cfg.verify.rtol,
+        "allowed_diff": allowed,
         "min_agreement": cfg.verify.min_agreement,
     }
     for r in results:
         log.info("%s %dx%d: max |diff| %.3g, label agreement %.6f", r.name, *r.size, r.max_abs_diff, r.agreement)
-    if worst > cfg.verify.atol or agreement < cfg.verify.min_agreement:
+    if worst > allowed or agreement < cfg.verify.min_agreement:
         path.unlink(missing_ok=True)
         raise ExportError(
             f"the {cfg.format} export computes something else than PyTorch on {len(results)} images: max |diff| "
-            f"{worst:.3g} (verify.atol={cfg.verify.atol}), label agreement {agreement:.6f} "
-            f"(verify.min_agreement={cfg.verify.min_agreement}); the file was deleted. Try another opset, or "
-            "report the model and this line."
+            f"{worst:.3g} (allowed {allowed:.3g}: verify.atol={cfg.verify.atol} + verify.rtol={cfg.verify.rtol} x "
+            f"max |output| {scale:.3g}), label agreement {agreement:.6f} (verify.min_agreement="
+            f"{cfg.verify.min_agreement}); the file was deleted. Try another opset, or report the model and this line."
         )
     return report
 

@@ -1,13 +1,28 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the split of the CPU between pytest-xdist workers."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from clitools import VOC_SAMPLE, voc_copy
+
+#: ``pytest -n N`` (pyproject's addopts): N worker processes share the cores, so each one's torch
+#: (and the console scripts it starts, through OMP_NUM_THREADS) gets its share instead of all of them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    _share = max(1, (os.cpu_count() or 1) // WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    torch.set_num_threads(_share)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: xdist hands the first tests out in turn, so the long ones start at once on
+    different workers instead of one of them finishing last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def test_params_are_the_models_counts(r50: tuple[Path, dict[str, Any]]) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     s = parse_args([])
+    assert s.mode == "train"
     assert (s.model, s.crop, s.batch, s.precision, s.device) == ("deeplabv3_resnet101", 513, 16, "fp32", "auto")
     assert (s.warmup, s.iters, s.infer_iters, s.infer_size) == (3, 10, 5, (500, 375))
     assert (s.output_stride, s.reference_name, s.data, s.workers) == (None, "deeplabv3_resnet101", True, 2)
@@ -82,6 +84,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("output_stride=4", ["output_stride='4'", "null|8|16|32"]),
         ("model=nope", ["model='nope'", "deeplabv3_resnet101"]),
         ("crop", ["'crop'", "key=value"]),
+        ("mode=tensorrt", ["mode='tensorrt'", "train", "onnx"]),
     ],
 )
 def test_bad_argument_exits_2_naming_the_key(arg: str, named: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,3 +105,32 @@ def test_data_pipeline_on_a_tiny_synthetic_set(tmp_path: Path) -> None:
     assert r["ours_train_with_data_images_per_s"] > 0 and r["data_generation_s"] is not None
     assert r["ours_output_stride"] == 8
     assert r["reference_train_images_per_s"] is None and r["train_ratio"] is None and r["infer_ratio"] is None
+
+
+ONNX_TINY = ["mode=onnx", "model=quickstart", "warmup=0", "infer_iters=2", "infer_size=64x48", "threads=1"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the export extra is not installed")
+def test_onnx_mode_times_onnx_runtime_against_the_same_graph_in_pytorch(tmp_path: Path) -> None:
+    out = tmp_path / "onnx.json"
+    assert main([*ONNX_TINY, f"out={out}"]) == 0
+    r = json.loads(out.read_text())
+    assert r["ratio"] == pytest.approx(r["onnxruntime_images_per_s"] / r["pytorch_images_per_s"])
+    assert min(r["onnxruntime_images_per_s"], r["pytorch_images_per_s"]) > 0
+    assert r["pytorch_images_per_s"] == pytest.approx(2 / r["pytorch_s"])  # infer_iters timed runs
+    assert r["max_abs_diff"] < 1e-4 and r["label_agreement"] >= 0.9999  # compared before timing
+    cfg = compose_train(["model=quickstart", "model.pretrained=false"])
+    assert r["params"] == sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters())
+    assert r["settings"]["infer_size"] == [64, 48] and r["settings"]["onnxruntime"]
+    table = out.with_suffix(".md").read_text()
+    assert "| quickstart |" in table and "ONNX Runtime (CPU)" in table and "ratio (ONNX Runtime / PyTorch)" in table
+
+
+def test_onnx_mode_refuses_gpu_precisions_and_a_missing_runtime(capsys, monkeypatch) -> None:
+    assert main([*ONNX_TINY, "precision=bf16"]) == 2
+    assert "mode=onnx compares CPU inference in fp32" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert main(ONNX_TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "onnxruntime not installed" in err and '".[export]"' in err

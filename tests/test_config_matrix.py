@@ -201,12 +201,12 @@ def _eval_and_predict(cwd: Path, checkpoints: dict[str, Path], images: Path, *ex
 @pytest.mark.slow
 def test_every_preset_trains_evaluates_and_predicts_on_the_default_dataset(tmp_path: Path) -> None:
     """The README's command for every preset, from an empty folder: the synthetic set is generated there."""
-    checkpoints = _train_every_preset(tmp_path, tmp_path / "train", "trainer.batch_size=4")
+    checkpoints = _train_every_preset(tmp_path, tmp_path / "train", "trainer.batch_size=4", "dataset.subset=4")
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted((tmp_path / "data" / "synthetic" / "VOC2012" / "JPEGImages").glob("*val_0000[01].jpg")):
         (images / path.name).write_bytes(path.read_bytes())
-    _eval_and_predict(tmp_path, checkpoints, images, "dataset.subset=5")
+    _eval_and_predict(tmp_path, checkpoints, images, "dataset.subset=2")
 
 
 @pytest.mark.slow

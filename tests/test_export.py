@@ -167,3 +167,20 @@ def test_deploy_model_preprocesses_as_the_eval_transforms_do() -> None:
         expected = eval_transforms(mean, std, bgr)(Image.fromarray(rgb))
         got = deploy.preprocess(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0]
         assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_the_allowed_difference_grows_with_the_output_scale() -> None:
+    """atol + rtol * max |output|: an offset atol alone refuses passes on logits in the hundreds."""
+    from deeplab_cli.deploy.verify import compare, generated_images, summary, tolerance
+
+    class Large(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": x[:, :2] * 100}
+
+    deploy = DeployModel(Large(), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
+    images = generated_images([[20, 30]])
+    results = compare(deploy, lambda x: deploy(torch.from_numpy(x)).numpy() + 0.01, images)
+    worst, scale, agreement = summary(results)
+    assert worst == pytest.approx(0.01, rel=1e-3) and 100 < scale < 300 and agreement == 1.0
+    assert worst > 1e-3 and worst <= tolerance(1e-3, 1e-4, scale)
+    assert tolerance(1e-3, 1e-4, 0.0) == 1e-3
