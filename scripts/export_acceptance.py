@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -135,7 +136,7 @@ def table(rows: list[Row], images: Path, seconds: float) -> str:
     import onnxruntime
 
     lines = [
-        f"ONNX export acceptance on {len(list(images.glob('*.jpg')))} images of {images} "
+        f"ONNX export acceptance on {len(list(images.glob('*.jpg')))} images of {os.path.relpath(images, REPO)} "
         f"({_cpu_name()}, {platform.python_version()}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; seeded random weights; {seconds / 60:.0f} min in all).",
         "",
@@ -161,8 +162,8 @@ def main() -> int:
     if not args.images.is_dir():
         parser.error(f"--images {args.images} is not a folder of images")
     entries: list[tuple[str, Callable[[str, Path, int], tuple[Path, list[str]]]]] = [
-        *((p, our_checkpoint) for p in model_presets()),
         *((n, imported_checkpoint) for n in IMPORTED),
+        *((p, our_checkpoint) for p in model_presets()),
     ]
     if args.only:
         wanted = args.only.split(",")

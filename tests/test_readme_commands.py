@@ -34,6 +34,8 @@ NOT_RUN = {
     "python scripts/prepare_voc.py": "downloads 3.4 GB; tests/test_prepare_voc.py runs it on a mocked download",
     "python scripts/prepare_ade20k.py": "downloads 923 MB; tests/test_prepare_datasets.py runs it on a local archive",
     "python scripts/prepare_cityscapes.py": "needs the zips (login); tests/test_prepare_datasets.py writes small ones",
+    "python scripts/export_acceptance.py": "exports every preset on 12 VOC images (about an hour on 2 cores); "
+    "tests/test_export.py runs the same checks on narrow models",
     "torchrun": "needs several GPUs; tests/test_distributed.py runs torchrun with 2 CPU processes",
     "srun": "needs a SLURM cluster; tests/test_slurm.py runs the same requeue path",
     "deeplab-train -m hydra/launcher=deeplab_slurm": "needs a SLURM cluster; tests/test_slurm.py uses submitit_local",

@@ -55,6 +55,7 @@ def measure_onnx(
             expected = deploy(image).numpy()
             got = session(array)
             max_diff = float(np.abs(got - expected).max())
+            max_output = float(np.abs(expected).max())
             agreement = float((got.argmax(1) == expected.argmax(1)).mean())
             torch_ips, torch_s = time_runs(lambda: deploy(image), warmup, iters)
         ort_ips, ort_s = time_runs(lambda: session(array), warmup, iters)
@@ -63,6 +64,7 @@ def measure_onnx(
         "onnx_mb": size_mb,
         "export_s": export_s,
         "max_abs_diff": max_diff,
+        "max_abs_output": max_output,
         "label_agreement": agreement,
         "pytorch_images_per_s": torch_ips,
         "pytorch_s": torch_s,
@@ -89,7 +91,8 @@ def report_text(r: Mapping[str, Any]) -> str:
         f"{1000 / r['onnxruntime_images_per_s']:.0f} |",
         f"| ratio (ONNX Runtime / PyTorch) | | | {r['ratio']:.3f} | |",
         "",
-        f"ONNX file {r['onnx_mb']:.1f} MB, exported in {r['export_s']:.1f} s; max |diff| {r['max_abs_diff']:.2g}, "
+        f"ONNX file {r['onnx_mb']:.1f} MB, exported in {r['export_s']:.1f} s; max |diff| {r['max_abs_diff']:.2g} "
+        f"(largest |logit| {r['max_abs_output']:.3g}), "
         f"label agreement {100 * r['label_agreement']:.4f}% on the timed image.",
         "",
         f"Command: `{r['command']}`",
