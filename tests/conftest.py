@@ -19,10 +19,14 @@ if WORKERS > 1:
     torch.set_num_threads(_share)
 
 
+#: the longest test of the suite (about 10 minutes on 2 cores): started first, so it never finishes last
+LONGEST = "test_readme_commands.py::test_readme_commands_run_and_leave_the_data_untouched"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first: xdist hands the first tests out in turn, so the long ones start at once on
-    different workers instead of one of them finishing last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest test, then the slow ones, then the rest: xdist hands the first tests out in turn, so
+    the long ones start at once on different workers instead of one of them finishing last."""
+    items.sort(key=lambda item: (not item.nodeid.endswith(LONGEST), item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="module")

@@ -122,11 +122,13 @@ def test_an_export_that_computes_something_else_is_deleted(tmp_path: Path, check
 
 
 @needs_ort
-def test_multi_scale_models_export_too(tmp_path: Path) -> None:
-    """MSC (max over scales) runs in the graph: its resizes follow the input size."""
-    ckpt = _checkpoint(tmp_path, ["model=quickstart", "scales=msc", "scales.factors=[1.0,0.5]"])
+@pytest.mark.parametrize("scales", ["msc", "attention"])
+def test_multi_scale_models_export_too(tmp_path: Path, scales: str) -> None:
+    """MSC (max over scales) and attention to scale run in the graph: their resizes follow the input size."""
+    ckpt = _checkpoint(tmp_path, ["model=quickstart", f"scales={scales}", "scales.factors=[1.0,0.5]"])
     report = export(tmp_path, ckpt, "verify.sizes=[[97,131],[64,80]]")
     assert report["verify"]["max_abs_diff"] < 1e-3 and report["verify"]["agreement"] >= 0.9999
+    assert len(report["verify"]["images"]) == 3  # two sizes and a batch of two
 
 
 @pytest.mark.parametrize(
