@@ -58,6 +58,7 @@ class Row:
     onnx_mb: float
     export_s: float
     max_abs_diff: float
+    max_abs_logit: float
     export_agreement: float
     predict_agreement: float
     images: int
@@ -116,10 +117,21 @@ def accept(name: str, make: Callable[[str, Path, int], tuple[Path, list[str]]], 
             run("deeplab-predict", f"checkpoint={source}", f"input={images}", f"output={folder / sub}/",
                 f"hydra.run.dir={folder / ('predict_' + sub)}", *quiet, *extra)  # fmt: skip
     except RuntimeError as exc:
-        return Row(name, 0, 0.0, 0.0, float("nan"), 0.0, 0.0, 0, f"failed: {exc}")
+        return Row(name, 0, 0.0, 0.0, float("nan"), float("nan"), 0.0, 0.0, 0, f"failed: {exc}")
     a, b = masks(folder / "ckpt"), masks(folder / "onnx")
     if a.keys() != b.keys() or not a:
-        return Row(name, 0, 0.0, 0.0, float("nan"), 0.0, 0.0, 0, f"failed: masks differ in names ({len(a)}, {len(b)})")
+        return Row(
+            name,
+            0,
+            0.0,
+            0.0,
+            float("nan"),
+            float("nan"),
+            0.0,
+            0.0,
+            0,
+            f"failed: masks differ in names ({len(a)}, {len(b)})",
+        )
     same = sum(int((a[k] == b[k]).sum()) for k in a) / sum(m.size for m in a.values())
     weights = torch.load(ckpt, map_location="cpu", weights_only=False)
     from deeplab_cli.models.importers.detect import state_dict_of
@@ -128,7 +140,8 @@ def accept(name: str, make: Callable[[str, Path, int], tuple[Path, list[str]]], 
                  "running_var", "num_batches_tracked")))  # fmt: skip
     v = report["verify"]
     ok = v["agreement"] >= 0.9999 and same >= 0.9999
-    return Row(name, params, onnx.stat().st_size / 1e6, report["export_seconds"], v["max_abs_diff"], v["agreement"],
+    size = onnx.stat().st_size / 1e6
+    return Row(name, params, size, report["export_seconds"], v["max_abs_diff"], v["max_abs_output"], v["agreement"],
                same, len(a), "ok" if ok else "below 99.99%")  # fmt: skip
 
 
@@ -140,13 +153,14 @@ def table(rows: list[Row], images: Path, seconds: float) -> str:
         f"({_cpu_name()}, {platform.python_version()}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; seeded random weights; {seconds / 60:.0f} min in all).",
         "",
-        "| model | parameters | ONNX MB | export s | max abs logit diff | label agreement (export check) "
-        "| deeplab-predict masks equal | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | parameters | ONNX MB | export s | max abs logit diff | largest abs logit "
+        "| label agreement (export check) | deeplab-predict masks equal | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.params:,} | {r.onnx_mb:.1f} | {r.export_s:.0f} | {r.max_abs_diff:.2g} | "
+            f"{r.max_abs_logit:.3g} | "
             f"{100 * r.export_agreement:.4f}% | {100 * r.predict_agreement:.4f}% | {r.status} |"
         )
     return "\n".join(lines) + "\n"
