@@ -205,7 +205,9 @@ def _program(words: list[str]) -> tuple[str, list[str]]:
 
 
 HAS_CRF = importlib.util.find_spec("pydensecrf") is not None
-HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+HAS_OPTUNA = importlib.util.find_spec("hydra_plugins") is not None and (  # the parent may be absent (no extras)
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+)
 
 
 @pytest.mark.slow
