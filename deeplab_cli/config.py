@@ -189,6 +189,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     head_lr_mult: float = 10.0
+    backbone_lr_mult: float = 1.0  # the encoder's LR relative to optim.lr (fine-tuning: below 1)
     bias_lr_mult: float = 2.0
     bias_weight_decay: bool = False
     poly_power: float = 0.9

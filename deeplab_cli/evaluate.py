@@ -33,6 +33,7 @@ from .engine.precision import to_memory_format
 from .engine.prob_cache import ProbabilityCache, file_digest
 from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint, is_ours
+from .models.weights.provenance import Provenance, checkpoint_provenance, imported_provenance
 from .report import save_pictures
 
 log = logging.getLogger("deeplab_cli.evaluate")
@@ -116,14 +117,22 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
     Foreign checkpoints bring their architecture and their test-time preprocessing
     (e.g. BGR mean subtraction); the user's overrides still apply on top.
     """
+    model, train_cfg, _ = load_with_provenance(cfg, overrides)
+    return model, train_cfg
+
+
+def load_with_provenance(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, Provenance]:
+    """:func:`load_for_eval` and where the checkpoint's initial weights came from (logged)."""
     state = load_checkpoint(cfg.checkpoint)
     if is_ours(state):
+        provenance = checkpoint_provenance(state)
+        log.info("initial weights of %s: %s", cfg.checkpoint, provenance.describe())
         train_cfg = merge_overrides(state["config"], cfg, overrides)
         factory.validate(train_cfg)
         factory.resolve_preprocess(train_cfg)
         model = factory.make_model(train_cfg, pretrained=False)
         load_weights(model, state["model"], str(cfg.checkpoint))
-        return model, train_cfg
+        return model, train_cfg, provenance
     try:
         imported = import_checkpoint(state, output_stride=_user_output_stride(overrides))
     except CheckpointError as exc:
@@ -138,7 +147,7 @@ def load_for_eval(cfg: DictConfig, overrides: list[str]) -> tuple[torch.nn.Modul
     factory.validate(train_cfg)
     factory.resolve_preprocess(train_cfg)
     log.info("imported a %s checkpoint (%d classes)", imported.layout, train_cfg.model.num_classes)
-    return imported.model, train_cfg
+    return imported.model, train_cfg, imported_provenance(Path(cfg.checkpoint), imported.layout)
 
 
 def make_cache(cfg: DictConfig, train_cfg: DictConfig, dataset, settings: EvalSettings) -> ProbabilityCache | None:
@@ -223,7 +232,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     settings = factory.eval_settings(cfg.eval, cfg.crf, cfg.model.num_classes)  # fails before any loading
     if info.enabled and cfg.crf.workers is None:  # the ranks on one machine share its cores
         settings = replace(settings, crf_workers=max(1, settings.crf_workers // info.local_world_size))
-    model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
+    model, train_cfg, provenance = load_with_provenance(cfg, list(HydraConfig.get().overrides.task))
     device = distributed.device_for(factory.select_device(train_cfg.trainer.device), info)
     model.to(device)
     export = cfg.eval.export
@@ -262,6 +271,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             "cache": str(cache.dir) if cache is not None else None,
         },
         seconds=round(result.seconds, 3),
+        init_weights=provenance.as_dict(),
     )
     if info.enabled:
         metrics["world_size"] = info.world_size
@@ -277,6 +287,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if has_targets and cfg.eval.plots:
         _pictures(run_dir, result, train_cfg, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"checkpoint {cfg.checkpoint}; initial weights: {provenance.describe()}")
     if has_targets:
         print(format_table(metrics))
     return metrics

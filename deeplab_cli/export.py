@@ -38,7 +38,7 @@ from .deploy.exporters import (
 )
 from .deploy.verify import compare, file_images, generated_images, summary, tolerance
 from .deploy.wrapper import OUTPUTS, DeployModel
-from .evaluate import load_for_eval
+from .evaluate import load_with_provenance
 
 log = logging.getLogger("deeplab_cli.export")
 register_configs()
@@ -155,10 +155,10 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     check_options(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = out_path(cfg, run_dir)
-    model, train_cfg = load_for_eval(cfg, list(HydraConfig.get().overrides.task))
+    model, train_cfg, provenance = load_with_provenance(cfg, list(HydraConfig.get().overrides.task))
     mean, std, bgr = factory.normalisation(train_cfg)
     deploy = DeployModel(model.float().eval(), mean, std, bgr, cfg.include_preprocess, cfg.output).eval()
-    meta = metadata(cfg, train_cfg, mean, std, bgr)
+    meta = {**metadata(cfg, train_cfg, mean, std, bgr), "init_weights": provenance.as_dict()}
     start = time.perf_counter()
     write(cfg, train_cfg, deploy, path, meta)
     seconds = time.perf_counter() - start

@@ -34,8 +34,9 @@ from .engine.optim import impl_kwargs
 from .engine.pipeline import EvalSettings, PredictionHook, run_evaluation
 from .engine.precision import check_precision
 from .errors import ConfigError
-from .models.builder import ModelSpec, build_model, check_spec
+from .models.builder import ModelSpec, build_model, build_model_with_provenance, check_spec
 from .models.segmenter import DeepLab
+from .models.weights.provenance import Provenance
 from .postprocess.crf import CRFParams, default_workers, require_pydensecrf
 
 RESUME_VALUES = ("false", "true", "auto")
@@ -123,6 +124,12 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
 def make_model(cfg: DictConfig, pretrained: bool | None = None) -> DeepLab:
     use_pretrained = cfg.model.pretrained if pretrained is None else pretrained
     return build_model(model_spec(cfg), pretrained=use_pretrained, weights_file=cfg.model.weights)
+
+
+def make_model_with_provenance(cfg: DictConfig, pretrained: bool | None = None) -> tuple[DeepLab, Provenance]:
+    """:func:`make_model` and where its initial weights came from (stored in checkpoints)."""
+    use_pretrained = cfg.model.pretrained if pretrained is None else pretrained
+    return build_model_with_provenance(model_spec(cfg), pretrained=use_pretrained, weights_file=cfg.model.weights)
 
 
 def validate_distributed(cfg: DictConfig, world_size: int, device: torch.device) -> None:

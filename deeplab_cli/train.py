@@ -45,6 +45,7 @@ from .engine.precision import grad_scaler, to_memory_format
 from .engine.signals import REQUEUE_SIGNALS, StopOnSignals
 from .errors import DeepLabError, user_message
 from .models.importers import import_checkpoint
+from .models.weights.provenance import Provenance, checkpoint_provenance, init_from_provenance
 from .report import save_pictures
 
 log = logging.getLogger("deeplab_cli.train")
@@ -90,8 +91,12 @@ def _resume_from(run_dir: Path, resume: str) -> Path | None:
     return last if resume in ("true", "auto") and last.is_file() else None
 
 
-def _save(path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConfig, best: float, scaler=None) -> None:
+def _save(
+    path: Path, model, optimizer, scheduler, iteration: int, cfg: DictConfig, best: float, scaler=None, init=None
+) -> None:
     extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
+    if init is not None:
+        extra["init_weights"] = init
     atomic_save(
         {
             **extra,
@@ -136,7 +141,7 @@ def validate_model(
     return metrics
 
 
-def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
+def init_from_checkpoint(cfg: DictConfig) -> tuple[torch.nn.Module, Provenance]:
     """Start from any checkpoint ``import_checkpoint`` knows (ours, torchvision, kazuto, VainF).
 
     The file decides the architecture and the input normalisation (``model.preprocess``);
@@ -146,9 +151,11 @@ def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
     weights into a model with the new classifier(s).
     """
     try:
-        imported = import_checkpoint(cfg.model.init_from)
+        state = load_checkpoint(cfg.model.init_from)
+        imported = import_checkpoint(state)
     except CheckpointError as exc:
         raise CheckpointError(f"model.init_from={cfg.model.init_from}: {exc}") from exc
+    provenance = init_from_provenance(Path(cfg.model.init_from), state, imported.layout)
     init_from, num_classes = cfg.model.init_from, int(cfg.model.num_classes)
     for node, values in imported.config_overrides.items():
         # backbone/head are typed per option (replace the node); model/scales share one schema (merge)
@@ -158,7 +165,7 @@ def init_from_checkpoint(cfg: DictConfig) -> torch.nn.Module:
     for note in imported.notes:
         log.info("%s: %s", imported.layout, note)
     log.info("initialised from %s (%s, %d classes)", init_from, imported.layout, file_classes)
-    return imported.model
+    return imported.model, provenance
 
 
 def reheaded(cfg: DictConfig, source: torch.nn.Module) -> torch.nn.Module:
@@ -187,7 +194,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     if not info.is_main:  # rank 0 reports; the others only warn
         logging.getLogger("deeplab_cli").setLevel(logging.WARNING)
     factory.validate(cfg)  # before any weights or data are read
-    imported = init_from_checkpoint(cfg) if cfg.model.init_from else None
+    imported, provenance = init_from_checkpoint(cfg) if cfg.model.init_from else (None, None)
     factory.validate(cfg)  # again: the imported file may have changed the architecture
     factory.resolve_preprocess(cfg)  # the checkpoints store the normalisation actually used
     device = distributed.device_for(factory.select_device(cfg.trainer.device), info)
@@ -207,7 +214,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         same_classes = imported.num_classes == cfg.model.num_classes
         model = (imported if same_classes else reheaded(cfg, imported)).to(device)
     else:
-        model = factory.make_model(cfg, pretrained=cfg.model.pretrained and resume_path is None).to(device)
+        model, built = factory.make_model_with_provenance(cfg, cfg.model.pretrained and resume_path is None)
+        model, provenance = model.to(device), provenance or built
     if t.sync_bn:
         model = distributed.convert_sync_bn(model, info)
     model = to_memory_format(model, t.channels_last)
@@ -216,7 +224,9 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     if t.freeze_bn:
         freeze_batchnorm(model)  # before building the optimizer: frozen affine terms are not optimised
     o = cfg.optim
-    groups = param_groups(model, o.lr, o.weight_decay, o.head_lr_mult, o.bias_lr_mult, o.bias_weight_decay)
+    groups = param_groups(
+        model, o.lr, o.weight_decay, o.head_lr_mult, o.bias_lr_mult, o.bias_weight_decay, o.backbone_lr_mult
+    )
     optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.nesterov, o.impl)
     scaler = grad_scaler(device, t.precision)
     scheduler = poly_scheduler(optimizer, t.max_iters, o.poly_power)
@@ -230,15 +240,19 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         start, best = int(state["iteration"]), float(state["best_miou"])
+        provenance = checkpoint_provenance(state)  # the run's start, not this process's (no weights loaded)
         log.info("resumed from %s at iteration %d", resume_path, start)
+    log.info("initial weights: %s", provenance.describe())
     tb = TensorBoardLogger(run_dir / "tensorboard", enabled=info.is_main, palette=factory.palette(cfg))
     try:
-        metrics = _loop(model, (optimizer, scheduler, scaler), cfg, start, best, tb, run_dir, device, spec)
+        state_parts = (optimizer, scheduler, scaler, provenance.as_dict())
+        metrics = _loop(model, state_parts, cfg, start, best, tb, run_dir, device, spec)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
             metrics = validate_model(model, cfg, device, tb, t.max_iters, run_dir, final=True)
     finally:
         tb.close()
     metrics["iteration"] = t.max_iters
+    metrics["init_weights"] = provenance.as_dict()
     if info.enabled:
         metrics["world_size"] = info.world_size
     if not info.is_main:
@@ -288,7 +302,7 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
     ``DistributedDataParallel`` wrapper under torchrun and its ``torch.compile``
     version with ``trainer.compile``; all of them share its parameters.
     """
-    optimizer, scheduler, scaler = optim_state
+    optimizer, scheduler, scaler, init = optim_state
     t = cfg.trainer
     info = distributed.current()
     trained = distributed.wrap(model, device, info, t.sync_bn)
@@ -299,7 +313,7 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
 
     def save(name: str, it: int) -> None:
         if info.is_main:
-            _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best, scaler)
+            _save(last.parent / name, model, optimizer, scheduler, it, cfg, progress.best, scaler, init)
         if name == "last.pt":
             progress.saved = it
 

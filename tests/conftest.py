@@ -44,3 +44,27 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not VOC_SAMPLE.is_dir():
         pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
     return voc_copy(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture
+def patch_catalogue(monkeypatch: pytest.MonkeyPatch):
+    """``patch_catalogue(entry_id, sha256=...)``: the weights catalogue with one entry's fields replaced.
+
+    Test files are random tensors, so their hashes are never the published ones; the
+    tests that exercise verification make the catalogue expect the test file's hash.
+    """
+    import dataclasses
+
+    from deeplab_cli.models.weights import catalogue
+
+    real = catalogue.load_catalogue()
+
+    def patch(entry_id: str, **changes) -> None:
+        current = catalogue.load_catalogue()
+        if entry_id not in {e.id for e in current}:
+            raise KeyError(entry_id)
+        patched = tuple(dataclasses.replace(e, **changes) if e.id == entry_id else e for e in current)
+        monkeypatch.setattr(catalogue, "load_catalogue", lambda path=None: patched)
+
+    assert real  # the real file parses
+    return patch

@@ -47,7 +47,7 @@ def root11(tmp_path_factory) -> Path:
 
 def test_new_label_set_loads_every_other_tensor_bit_identically(source: Path, root11: Path, caplog) -> None:
     cfg = compose_train([f"model.init_from={source}", f"dataset.root={root11}", "dataset.num_classes=11", *SMALL])
-    imported = train_mod.init_from_checkpoint(cfg)
+    imported, _ = train_mod.init_from_checkpoint(cfg)
     assert cfg.model.num_classes == 11 and imported.num_classes == 21
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO, logger="deeplab_cli.train"):
@@ -80,7 +80,7 @@ def test_finetune_21_to_11_classes_trains_and_evaluates(source: Path, root11: Pa
 
 def test_same_label_set_still_loads_the_whole_file(source: Path, root21: Path) -> None:
     cfg = compose_train([f"model.init_from={source}", f"dataset.root={root21}", *SMALL])
-    imported = train_mod.init_from_checkpoint(cfg)
+    imported, _ = train_mod.init_from_checkpoint(cfg)
     assert imported.num_classes == cfg.model.num_classes == 21
     file_state = load_checkpoint(source)["model"]
     assert all(torch.equal(v, file_state[k]) for k, v in imported.state_dict().items())

@@ -14,8 +14,9 @@ from torchvision.models import VGG16_Weights
 from deeplab_cli.engine.optim import param_groups, poly_scheduler
 from deeplab_cli.errors import ConfigError
 from deeplab_cli.models.backbones.vgg import CONV_NAMES, VGG16DeepLab
-from deeplab_cli.models.builder import ModelConfigError, ModelSpec, build_model
+from deeplab_cli.models.builder import ModelConfigError, ModelSpec, build_model, build_model_with_provenance
 from deeplab_cli.models.pretrained import PretrainedWeightsError, load_vgg16_imagenet
+from deeplab_cli.models.weights.verify import WeightsHashError, sha256_file
 
 SPEC = ModelSpec("vgg16", "largefov", 21)
 # A narrow network for tests where only the topology matters (same strides and layers).
@@ -201,17 +202,34 @@ def test_build_model_pretrained_with_weights_file(tv_vgg16):
     assert torch.equal(own["head.fc7.bias"], state["classifier.3.bias"][::4])
 
 
-def test_pretrained_uses_hub_cache_without_download(tv_vgg16, monkeypatch):
-    state, _, hub_dir = tv_vgg16
+def test_pretrained_uses_hub_cache_without_download(tv_vgg16, monkeypatch, patch_catalogue):
+    state, path, hub_dir = tv_vgg16
+    patch_catalogue("torchvision/vgg16.imagenet1k_v1", sha256=sha256_file(path))
 
     def no_download(*args, **kwargs):
         raise AssertionError("the cached file should have been used")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # restored by monkeypatch after the test
     torch.hub.set_dir(str(hub_dir))
-    model = build_model(SPEC, pretrained=True)
+    model, provenance = build_model_with_provenance(SPEC, pretrained=True)
     assert torch.equal(model.state_dict()["backbone.features.conv1_1.weight"], state["features.0.weight"])
+    assert provenance.as_dict() == {
+        "source": "catalogue", "entry": "torchvision/vgg16.imagenet1k_v1", "sha256": sha256_file(path),
+        "path": str(path), "via": "torch hub cache",
+    }  # fmt: skip
+
+
+def test_hub_cache_file_with_another_hash_is_refused(tv_vgg16, monkeypatch):
+    """The fixture's random file sits under torchvision's real name: its hash is not 397923af..."""
+    _, path, hub_dir = tv_vgg16
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    torch.hub.set_dir(str(hub_dir))
+    with pytest.raises(WeightsHashError) as info:
+        build_model(SPEC, pretrained=True)
+    message = str(info.value)
+    assert str(path) in message and sha256_file(path) in message and "397923af..." in message
+    assert path.is_file()  # a cached file is the user's: reported, not deleted
 
 
 def test_offline_without_cache_raises_actionable_error(tmp_path, monkeypatch):
@@ -221,7 +239,7 @@ def test_offline_without_cache_raises_actionable_error(tmp_path, monkeypatch):
         calls.append(url)
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # restored by monkeypatch after the test
     torch.hub.set_dir(str(tmp_path))
     with pytest.raises(PretrainedWeightsError) as info:
@@ -233,13 +251,14 @@ def test_offline_without_cache_raises_actionable_error(tmp_path, monkeypatch):
     assert "model.pretrained=false" in message
     assert "no network" in message
     assert isinstance(info.value.__cause__, urllib.error.URLError)
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no partial file left to be trusted later
 
 
 def test_missing_weights_file_is_named(tmp_path, monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("an explicit weights file must not fall back to a download")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     missing = tmp_path / "nowhere" / "vgg16.pth"
     with pytest.raises(PretrainedWeightsError) as info:
         build_model(NARROW, pretrained=True, weights_file=str(missing))

@@ -41,6 +41,12 @@ PARAMS = {
     "deeplabv3plus_xception71": 43_477_837,  # backbone 40,289,736 = timm xception71 (42,338,736) minus fc
     "deeplabv3_convnext_tiny": 34_446_709,  # backbone 27,818,592 = ConvNeXt-T (28.6M) minus norm + fc
     "deeplabv3plus_convnext_tiny": 35_152_341,
+    # EfficientNet-Lite0/1/2: timm's 4,652,008 / 5,416,680 / 6,092,072 (the TF release's 4.7M / 5.4M / 6.1M)
+    # minus conv_head + BN + classifier (1,693,160; Lite2's 352-channel last stage: 1,734,120) = backbones of
+    # 2,958,848 / 3,723,520 / 4,357,952; the v3+ head adds 4,004,341 (4,241,909 on Lite2's 352 channels)
+    "deeplabv3plus_efficientnet_lite0": 6_963_189,
+    "deeplabv3plus_efficientnet_lite1": 7_727_861,
+    "deeplabv3plus_efficientnet_lite2": 8_599_861,
 }
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 

@@ -18,22 +18,32 @@ def param_groups(
     head_lr_mult: float = 10.0,
     bias_lr_mult: float = 2.0,
     bias_weight_decay: bool = False,
+    backbone_lr_mult: float = 1.0,
 ) -> list[dict]:
     """Split parameters as the DeepLab prototxts do.
 
     Weights get ``lr``; biases (and other 1-D parameters such as BN affine terms)
     get ``lr * bias_lr_mult`` and, unless ``bias_weight_decay``, no decay; the
     newly initialised classifier (``model.classifier_parameters()``) gets
-    ``head_lr_mult`` on top (fc8: x10 weights, x20 bias in v1/v2).
+    ``head_lr_mult`` on top (fc8: x10 weights, x20 bias in v1/v2). ``backbone_lr_mult``
+    scales the pretrained encoder's rate alone: fine-tuning ImageNet features with a
+    lower rate than the freshly initialised ASPP/decoder keeps what pre-training bought.
     """
     head = {id(p) for p in model.classifier_parameters()}
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    encoder = set()
+    if backbone_lr_mult != 1.0:
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ConfigError(f"optim.backbone_lr_mult={backbone_lr_mult}: {type(model).__name__} has no backbone")
+        encoder = {id(p) for p in backbone.parameters()}
+    buckets: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            buckets.setdefault((id(p) in head, p.ndim <= 1), []).append(p)
+            buckets.setdefault((id(p) in head, id(p) in encoder, p.ndim <= 1), []).append(p)
     groups = []
-    for (is_head, is_bias), params in sorted(buckets.items()):
+    for (is_head, is_encoder, is_bias), params in sorted(buckets.items()):
         mult = (head_lr_mult if is_head else 1.0) * (bias_lr_mult if is_bias else 1.0)
+        mult *= backbone_lr_mult if is_encoder else 1.0
         decay = weight_decay if (not is_bias or bias_weight_decay) else 0.0
         groups.append({"params": params, "lr": lr * mult, "weight_decay": decay})
     return groups

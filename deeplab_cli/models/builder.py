@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -23,6 +24,10 @@ from .heads.largefov import LargeFOVHead
 from .multiscale import AttentionToScale, MultiScaleInputs
 from .pretrained import IMAGENET, PretrainedWeightsError, load_torchvision_imagenet, load_vgg16_imagenet
 from .segmenter import DeepLab
+from .weights.catalogue import entries_for_backbone
+from .weights.provenance import SCRATCH, Provenance
+from .weights.resolve import identify
+from .weights.timm_weights import pretrained_timm_backbone
 
 BACKBONES = (
     "vgg16", "resnet50", "resnet101", "xception65", "mobilenet_v2",
@@ -53,7 +58,7 @@ class ModelSpec:
 
 
 def _build_backbone(spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None) -> Backbone:
-    """The backbone; only timm's loads its ImageNet weights here (timm adapts them before wrapping)."""
+    """The backbone, without weights (timm's pretrained ones are loaded by :func:`_timm_pretrained`)."""
     os_ = spec.output_stride
     if os_ not in (8, 16, 32):
         raise ModelConfigError(f"model.output_stride={os_} is not supported; choose one of 8, 16, 32.")
@@ -72,7 +77,7 @@ def _build_backbone(spec: ModelSpec, pretrained: bool = False, weights_file: str
     if spec.backbone == "mobilenet_v3_large":
         return MobileNetV3LargeBackbone(os_, **spec.backbone_args)
     if spec.backbone == "timm":
-        return TimmBackbone(output_stride=os_, pretrained=pretrained, weights_file=weights_file, **spec.backbone_args)
+        return TimmBackbone(output_stride=os_, pretrained=False, **spec.backbone_args)
     raise ModelConfigError(f"backbone={spec.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}.")
 
 
@@ -145,35 +150,59 @@ def _wrap_scales(model: DeepLab, scales: dict[str, Any]) -> nn.Module:
 
 
 def build_model(spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
-    """Construct the network; with ``pretrained`` load ImageNet weights into its backbone.
+    """Construct the network; with ``pretrained`` load ImageNet weights into its backbone."""
+    return build_model_with_provenance(spec, pretrained, weights_file)[0]
+
+
+def _timm_pretrained(spec: ModelSpec, weights_file: str | None) -> tuple[Backbone, Provenance]:
+    args = dict(spec.backbone_args)
+    return pretrained_timm_backbone(str(args.pop("model")), spec.output_stride, weights_file, args.get("kwargs"))
+
+
+def _load_imagenet(model: DeepLab, spec: ModelSpec, weights_file: str | None) -> Provenance:
+    """ImageNet weights into a torchvision-layout or our Xception-65 backbone; returns where they came from."""
+    if spec.backbone == "vgg16":
+        return load_vgg16_imagenet(model, weights_file, _vgg_fc_prefixes(spec, model.head))
+    if spec.backbone in IMAGENET:
+        return load_torchvision_imagenet(model, spec.backbone, weights_file)
+    if spec.backbone == "xception65":
+        if not weights_file:
+            raise PretrainedWeightsError(
+                "backbone=xception65 has no torchvision ImageNet weights: download timm's xception65 "
+                f"({TIMM_WEIGHTS_URL}) and pass model.weights=/path/to/pytorch_model.bin, "
+                "or train from scratch with model.pretrained=false."
+            )
+        load_xception65_weights(model.backbone, weights_file)
+        entries = entries_for_backbone("xception65")
+        return identify(Path(weights_file).expanduser(), entries[0] if entries else None, "model.weights")
+    return SCRATCH  # layouts of imported checkpoints: no ImageNet weights of their own
+
+
+def build_model_with_provenance(
+    spec: ModelSpec, pretrained: bool = False, weights_file: str | None = None
+) -> tuple[nn.Module, Provenance]:
+    """The network and where its initial weights came from (:class:`Provenance`).
 
     ImageNet weights go into the single-scale network before any multi-scale wrapper
     is put around it, so the wrapper's own layers (attention) stay freshly initialised.
     """
     check_spec(spec)
+    provenance = SCRATCH
     try:
-        backbone = _build_backbone(spec, pretrained, weights_file)
+        if pretrained and spec.backbone == "timm":
+            backbone, provenance = _timm_pretrained(spec, weights_file)
+        else:
+            backbone = _build_backbone(spec, pretrained, weights_file)
         head = _build_head(spec, backbone)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ModelConfigError(f"backbone={spec.backbone} head={spec.head}: {exc}") from exc
     model = DeepLab(backbone, head, spec.num_classes)
-    if pretrained:
-        if spec.backbone == "vgg16":
-            load_vgg16_imagenet(model, weights_file, _vgg_fc_prefixes(spec, head))
-        elif spec.backbone in IMAGENET:
-            load_torchvision_imagenet(model, spec.backbone, weights_file)
-        elif spec.backbone == "xception65":
-            if not weights_file:
-                raise PretrainedWeightsError(
-                    "backbone=xception65 has no torchvision ImageNet weights: download timm's xception65 "
-                    f"({TIMM_WEIGHTS_URL}) and pass model.weights=/path/to/pytorch_model.bin, "
-                    "or train from scratch with model.pretrained=false."
-                )
-            load_xception65_weights(model.backbone, weights_file)
+    if pretrained and spec.backbone != "timm":
+        provenance = _load_imagenet(model, spec, weights_file)
     try:
-        return _wrap_scales(model, spec.scales)
+        return _wrap_scales(model, spec.scales), provenance
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -2,50 +2,26 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
-from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101_Weights, VGG16_Weights
 
-from ..errors import DeepLabError
 from .backbones.vgg import CONV_NAMES
+from .weights.catalogue import get_entry
+from .weights.provenance import Provenance
+from .weights.resolve import PretrainedWeightsError, entry_file
+
+__all__ = ["PretrainedWeightsError", "load_weights_file", "load_vgg16_imagenet", "load_torchvision_imagenet"]
 
 
-class PretrainedWeightsError(DeepLabError):
-    """The ImageNet weights could not be found or fetched."""
+def load_weights_file(entry_id: str, weights_file: str | None, what: str) -> tuple[dict[str, Tensor], Provenance]:
+    """Load ``weights_file`` if given, else the catalogue entry's file: installed, cached or downloaded.
 
-
-def hub_checkpoint_path(url: str) -> Path:
-    """Where ``torch.hub`` caches (and looks for) the file behind ``url``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def load_weights_file(url: str, weights_file: str | None, what: str) -> dict[str, Tensor]:
-    """Load ``weights_file`` if given, else the torch hub cache, else download ``url``.
-
-    Any failure becomes one message that says which file is needed and where to
-    put it, because offline clusters are the norm for our users.
+    Every file is checked against the catalogue's sha256 (a user's own ``model.weights``
+    is identified by it, not refused), and any failure becomes one message that says
+    which file is needed and where to put it, because offline clusters are the norm.
     """
-    cached = hub_checkpoint_path(url)
-    path = Path(weights_file).expanduser() if weights_file else cached
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    if weights_file:
-        raise PretrainedWeightsError(
-            f"model.weights={weights_file!r} does not exist. Point it at the {what} ImageNet "
-            f"weights file ({url}) or set model.pretrained=false."
-        )
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
-    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, socket errors, ...
-        raise PretrainedWeightsError(
-            f"Could not download the {what} ImageNet weights from {url} ({exc}). Download that "
-            f"file on a machine with internet access and put it at {cached} (or pass "
-            f"model.weights=/path/to/{cached.name}), or train from scratch with "
-            "model.pretrained=false."
-        ) from exc
+    path, provenance = entry_file(get_entry(entry_id), weights_file, what)
+    return torch.load(path, map_location="cpu", weights_only=True), provenance
 
 
 def convert_vgg16_imagenet(state: dict[str, Tensor], fc_prefixes: tuple[str, ...] = ("head.",)) -> dict[str, Tensor]:
@@ -89,12 +65,13 @@ def _mobilenet_v2_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-#: backbone name -> (torchvision weights, key converter)
+#: backbone name -> (weights catalogue entry, key converter)
 IMAGENET = {
-    "resnet50": (ResNet50_Weights.IMAGENET1K_V1, _resnet_keys),
-    "resnet101": (ResNet101_Weights.IMAGENET1K_V1, _resnet_keys),
-    "mobilenet_v2": (MobileNet_V2_Weights.IMAGENET1K_V1, _mobilenet_v2_keys),
+    "resnet50": ("torchvision/resnet50.imagenet1k_v1", _resnet_keys),
+    "resnet101": ("torchvision/resnet101.imagenet1k_v1", _resnet_keys),
+    "mobilenet_v2": ("torchvision/mobilenet_v2.imagenet1k_v1", _mobilenet_v2_keys),
 }
+VGG16_ENTRY = "torchvision/vgg16.imagenet1k_v1"
 
 
 def load_into(model: nn.Module, mapped: dict[str, Tensor], what: str) -> None:
@@ -111,13 +88,16 @@ def load_into(model: nn.Module, mapped: dict[str, Tensor], what: str) -> None:
 
 def load_vgg16_imagenet(
     model: nn.Module, weights_file: str | None = None, fc_prefixes: tuple[str, ...] = ("head.",)
-) -> None:
+) -> Provenance:
     """Initialise ``model``'s VGG16 backbone (and fc6/fc7 under ``fc_prefixes``) from ImageNet weights."""
-    url = VGG16_Weights.IMAGENET1K_V1.url
-    load_into(model, convert_vgg16_imagenet(load_weights_file(url, weights_file, "VGG16"), fc_prefixes), "VGG16")
+    state, provenance = load_weights_file(VGG16_ENTRY, weights_file, "VGG16")
+    load_into(model, convert_vgg16_imagenet(state, fc_prefixes), "VGG16")
+    return provenance
 
 
-def load_torchvision_imagenet(model: nn.Module, backbone: str, weights_file: str | None = None) -> None:
+def load_torchvision_imagenet(model: nn.Module, backbone: str, weights_file: str | None = None) -> Provenance:
     """ImageNet initialisation of a torchvision backbone (ResNet, MobileNetV2)."""
-    weights, convert = IMAGENET[backbone]
-    load_into(model, convert(load_weights_file(weights.url, weights_file, backbone)), backbone)
+    entry_id, convert = IMAGENET[backbone]
+    state, provenance = load_weights_file(entry_id, weights_file, backbone)
+    load_into(model, convert(state), backbone)
+    return provenance

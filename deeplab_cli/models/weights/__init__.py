@@ -1,0 +1,1 @@
+"""The weights catalogue, verified downloads, registry-package encoders and provenance records."""
