@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra_compose import compose_train
+from omegaconf import OmegaConf
 
 from deeplab_cli import factory
 from deeplab_cli._paths import config_dir
@@ -173,6 +174,17 @@ def test_cityscapes_ade20k_and_camvid_recipes() -> None:
         False,
         "bf16",
     )
+    tuned = _cfg("experiment=camvid_cpu_pretrained")
+    factory.validate(tuned)
+    factory.resolve_preprocess(tuned)
+    assert (tuned.model.name, tuned.backbone.model, tuned.model.pretrained, tuned.trainer.max_iters) == (
+        "deeplabv3plus_efficientnet_lite0", "tf_efficientnet_lite0", True, 900,
+    )  # fmt: skip
+    assert list(tuned.model.preprocess.mean) == list(tuned.model.preprocess.std) == [0.5] * 3  # the weights' own
+    # everything but the model and the schedule is the from-scratch recipe's
+    for key in ("dataset.crop_size", "dataset.scale_range", "head.channels", "optim.lr", "trainer.batch_size",
+                "trainer.precision", "trainer.channels_last", "trainer.label_policy"):  # fmt: skip
+        assert OmegaConf.select(tuned, key) == OmegaConf.select(cpu, key), key
 
 
 def test_paper_recipes() -> None:

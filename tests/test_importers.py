@@ -30,7 +30,11 @@ from deeplab_cli.models.importers import (
 from deeplab_cli.models.multiscale import MultiScaleInputs
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference key lists not found at {REFERENCE}")
+# one list: a second ``pytestmark =`` would replace the skip, and a fresh clone without ../shared would fail
+pytestmark = [
+    pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference key lists not found at {REFERENCE}"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 KAZUTO = "kazuto_deeplabv2_resnet101_msc.keys.tsv"
 VAINF = {
@@ -40,8 +44,6 @@ VAINF = {
 }
 Rows = list[tuple[str, tuple[int, ...], torch.dtype]]
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_keys(name: str) -> Rows:

@@ -38,9 +38,12 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
         "trainer/quickstart.yaml",
         "crf/deeplabv2_resnet101.yaml",
         "sweep/crf_grid.yaml",
+        "experiment/camvid_cpu_pretrained.yaml",
+        "model/deeplabv3plus_efficientnet_lite0.yaml",
     )
     for cfg in configs:
         assert f"deeplab_cli/configs/{cfg}" in names
+    assert "deeplab_cli/models/weights/catalogue.yaml" in names  # deeplab-weights and every pretrained load read it
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "deeplab-train = deeplab_cli.train:main" in text
@@ -49,6 +52,7 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
     assert "deeplab-check-data = deeplab_cli.check_data:main" in text
     assert "deeplab-split = deeplab_cli.split:main" in text
     assert "deeplab-export = deeplab_cli.export:main" in text
+    assert "deeplab-weights = deeplab_cli.weights:main" in text
 
 
 def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:
@@ -63,3 +67,8 @@ def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(target / "deeplab_cli" / "configs") in proc.stdout
     assert str(REPO / "configs") not in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "deeplab_cli.weights", "list", "resnet101"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "| torchvision/resnet101.imagenet1k_v1 |" in proc.stdout, proc.stderr[-2000:]
