@@ -85,6 +85,15 @@ def test_converted_weights_give_the_package_models_logits(level: int) -> None:
     assert torch.equal(ours.argmax(1), theirs.argmax(1))
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_converted_weights_match_the_package_model_without_images(level: int) -> None:
+    """The same comparison on a seeded random batch: it needs no ../shared (a fresh clone runs it)."""
+    x = torch.randn(2, 3, SIZES[level], SIZES[level], generator=torch.Generator().manual_seed(level))
+    with torch.no_grad():
+        ours, theirs = _timm_full(level)(x), _reference(level)(x)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-4), float((ours - theirs).abs().max())
+
+
 def test_top1_classes_of_five_voc_images() -> None:
     names = list(TOP1)
     with torch.no_grad():
@@ -96,6 +105,8 @@ def test_top1_classes_of_five_voc_images() -> None:
 def test_pretrained_backbone_loads_the_package_file_offline(level: int, monkeypatch) -> None:
     """model.pretrained=true: the package's tensors land in the backbone; timm's download is never called."""
     import timm.models._builder as builder
+
+    _package_path(level)  # skips without the pretrained extra
 
     def no_download(*args, **kwargs):
         raise AssertionError("timm's download must not be used when the package is installed")
