@@ -9,7 +9,6 @@ an export outside the tolerance is deleted and the command fails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from .deploy.exporters import (
 from .deploy.verify import compare, file_images, generated_images, summary, tolerance
 from .deploy.wrapper import OUTPUTS, DeployModel
 from .evaluate import load_with_provenance
+from .models.weights.verify import sha256_file
 
 log = logging.getLogger("deeplab_cli.export")
 register_configs()
@@ -60,14 +60,6 @@ def check_options(cfg: DictConfig) -> None:
         raise ExportError(f"verify.sizes={list(cfg.verify.sizes)} must list [height, width] pairs of 16 or more.")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def metadata(cfg: DictConfig, train_cfg: DictConfig, mean: list[float], std: list[float], bgr: bool) -> dict:
     """What a deployment needs besides the graph: classes, colours, preprocessing, the source."""
     n = train_cfg.model.num_classes
@@ -82,7 +74,7 @@ def metadata(cfg: DictConfig, train_cfg: DictConfig, mean: list[float], std: lis
         "model": train_cfg.model.get("name"),
         "output_stride": train_cfg.model.output_stride,
         "source_checkpoint": str(cfg.checkpoint),
-        "source_sha256": sha256(Path(cfg.checkpoint)),
+        "source_sha256": sha256_file(Path(cfg.checkpoint)),
         "torch": torch.__version__,
     }
 

@@ -237,6 +237,12 @@ def test_download_command_checks_the_hash(tmp_path: Path, capsys, patch_catalogu
     assert "Refused: " in capsys.readouterr().err and list((tmp_path / "out2").iterdir()) == []
 
 
+def test_verify_of_a_missing_file_is_one_line(tmp_path: Path, capsys) -> None:
+    assert weights_cli.main(["verify", str(tmp_path / "nope.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'nope.pth'} does not exist" in err
+
+
 def test_unknown_id_is_one_line(capsys) -> None:
     assert weights_cli.main(["where", "nope/nothing"]) == 2
     err = capsys.readouterr().err
