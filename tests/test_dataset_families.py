@@ -247,6 +247,38 @@ def test_label_mapping_rules() -> None:
         LabelMapping(3, label_map={40: 7})
 
 
+def test_binary_0_255_masks_keep_their_foreground_with_an_explicit_label_map(tmp_path: Path) -> None:
+    """Defect 1 of issue 22: ``label_map={0: 0, 255: 1}`` once turned every 255 into "ignore" after the map,
+    so 0/255 masks trained with no foreground at all and no error. Counted by hand: the mask is 0 in the left
+    third of the columns and 255 elsewhere."""
+    root = tmp_path / "binary"
+    fg_cols = W - W // 3
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for n, name in enumerate(names):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            _image(n).save(root / "images" / split / f"{name}.jpg")
+            mask = np.zeros((H, W), dtype=np.uint8)
+            mask[:, W // 3 :] = 255
+            Image.fromarray(mask, mode="L").save(root / "masks" / split / f"{name}.png")
+    binary = ["dataset=folder", "dataset.num_classes=2", "dataset.name=binary", f"dataset.root={root}",
+              "dataset.label_map={0: 0, 255: 1}"]  # fmt: skip
+    labels = factory.label_mapping(compose_train(binary).dataset)
+    assert labels.lut()[[0, 1, 255]].tolist() == [0, 255, 1]  # unlisted 1 is ignored, listed 255 is class 1
+    layout = Layout(root, "images/{split}", "masks/{split}", ".jpg", ".png", None)
+    _, mask, _ = SegmentationDataset(layout, "train", labels)[0]
+    assert int((mask == 1).sum()) == H * fg_cols and int((mask == 255).sum()) == 0
+    report = _check_report(binary, tmp_path / "check")
+    assert list(report["labels"]["train"]["pixels"].values()) == [2 * H * (W // 3), 2 * H * fg_cols]
+    assert report["labels"]["train"]["ignored_pixels"] == 0
+    # the rest of the rule is unchanged: without an entry for 255 it is ignored, an out-of-range class is an error
+    assert LabelMapping(2, label_map={0: 0, 1: 1}).lut()[255] == 255
+    with pytest.raises(ConfigError, match="maps 255 -> 2"):
+        LabelMapping(2, label_map={0: 0, 255: 2})
+    with pytest.raises(ConfigError, match="ignore_values ignores it"):
+        LabelMapping(2, label_map={0: 0, 255: 1}, ignore_values=(255,))
+
+
 # --- real CamVid frames (../shared/data/camvid: SegNet layout, JPEG images) ---------------------------------
 
 

@@ -102,7 +102,8 @@ class LabelMapping:
       (Cityscapes' labelIds -> train ids).
     - ``reduce_zero_label``: raw 0 -> ignore, k -> k-1 (ADE20K's "other" class 0).
     - otherwise raw ``0..C-1`` are the classes.
-    - ``ignore_values``: further raw values to ignore (CamVid's void 11); 255 always is.
+    - ``ignore_values``: further raw values to ignore (CamVid's void 11). Raw 255 is ignored too,
+      unless ``label_map`` lists it: 0/255 binary masks with ``{0: 0, 255: 1}`` keep their foreground.
     - ``color_map``: masks are RGB; each listed colour -> class (or ignore).
     A raw value or colour none of these covers is a :class:`LabelError`.
     """
@@ -145,8 +146,15 @@ class LabelMapping:
             lut[1 : top + 1] = np.arange(top)
         else:
             lut[:c] = np.arange(c)
-        lut[IGNORE_INDEX] = IGNORE_INDEX
+        mapped = {int(raw) for raw in self.label_map or {}}
+        if IGNORE_INDEX not in mapped:  # an explicit label_map entry for 255 is the user's word: honour it
+            lut[IGNORE_INDEX] = IGNORE_INDEX
         for v in self.ignore_values:
+            if v in mapped and int(lut[v]) != IGNORE_INDEX:
+                raise ConfigError(
+                    f"dataset.label_map maps raw {v} -> {int(lut[v])} and dataset.ignore_values ignores it; "
+                    f"remove {v} from one of the two."
+                )
             lut[v] = IGNORE_INDEX
         object.__setattr__(self, "_lut", lut)
         object.__setattr__(self, "_lut8", lut.astype(np.uint8))  # applied per mask: built once
