@@ -80,6 +80,7 @@ class _Progress:
     saved: int
     last_finite: tuple[int, float] | None = None
     nonfinite_steps: int = 0
+    empty_steps: int = 0  # every sample of the step skipped (dataset.on_error=skip): no step, no loss
 
 
 def _resume_from(run_dir: Path, resume: str) -> Path | None:
@@ -335,7 +336,7 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
             train_seconds += time.perf_counter() - tick
             bar.update(1)
             _check_finite(step, it, t.on_nonfinite, last, progress, tb)
-            if it % t.log_interval == 0 or it == t.max_iters:
+            if (it % t.log_interval == 0 or it == t.max_iters) and not step.empty:
                 lr = optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{step.loss:.4f}", lr=f"{lr:.2e}")
                 tb.scalars({"train/loss": step.loss, "train/lr": lr}, it)
@@ -355,6 +356,8 @@ def _loop(model, optim_state, cfg, start: int, best: float, tb, run_dir: Path, d
                 raise _interrupted(stop, it, last, run_dir, info.is_main)
     if progress.nonfinite_steps:
         metrics["nonfinite_steps_skipped"] = progress.nonfinite_steps
+    if progress.empty_steps:
+        metrics["empty_steps_skipped"] = progress.empty_steps
     if metrics and t.max_iters > start and train_seconds > 0:
         metrics["train_images_per_s"] = (t.max_iters - start) * t.batch_size * t.accumulate / train_seconds
     return metrics
@@ -391,6 +394,11 @@ def _next_batch(steps, it: int, last: Path, progress: _Progress):
 
 def _check_finite(step: StepResult, it: int, policy: str, last: Path, progress: _Progress, tb) -> None:
     """``trainer.on_nonfinite``: stop with the iteration and the last finite loss, or count and go on."""
+    if step.empty:
+        progress.empty_steps += 1
+        tb.scalars({"train/empty_steps_skipped": progress.empty_steps}, it)
+        log.warning("iteration %d: every sample of the batch was skipped (dataset.on_error=skip); no step taken", it)
+        return
     if step.finite:
         progress.last_finite = (it, step.loss)
         return

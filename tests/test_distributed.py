@@ -261,6 +261,84 @@ def test_gradient_accumulation_defers_the_all_reduce_until_the_last_micro_batch(
     assert step.loss == 7.0 and len(seen) == 1, "the reported loss is the all-ranks mean"
 
 
+class _TinySegmenter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.net(x)}
+
+
+def _tiny_segmenter() -> nn.Module:
+    torch.manual_seed(0)
+    return _TinySegmenter()
+
+
+def _sgd(model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # plain SGD: the step is lr x gradient, so scale shows
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _ddp_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 6, 6, generator=gen), torch.randint(0, 3, (4, 6, 6), generator=gen)
+
+
+def _ddp_worker(rank: int, store: str, results: str, empty_rank: int) -> None:
+    from datetime import timedelta
+
+    # a short timeout: a rank that calls a different collective fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))  # fmt: skip
+    try:
+        model = _tiny_segmenter()
+        trained = distributed.wrap(model, torch.device("cpu"), distributed.current(), sync_bn=False)
+        opt, sched = _sgd(model)
+        images, labels = _ddp_batch()
+        mine = [(images[2 * rank : 2 * rank + 2], labels[2 * rank : 2 * rank + 2])]
+        steps = [train_step(trained, mine, opt, sched, "upsample", torch.device("cpu"),
+                            reduce_loss=distributed.all_reduce_mean)]  # fmt: skip
+        batches = [] if rank == empty_rank else mine  # this rank's samples were all skipped
+        steps.append(train_step(trained, batches, opt, sched, "upsample", torch.device("cpu"),
+                                reduce_loss=distributed.all_reduce_mean))  # fmt: skip
+        torch.save({"state": model.state_dict(), "steps": steps}, Path(results, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_averages_gradients_with_sgd_and_an_empty_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
+    """Two ranks with half the batch each take the step one process takes on the whole batch, with plain
+    SGD (AdamW would hide a gradient summed instead of averaged). Then rank 1's samples are all skipped
+    (``dataset.on_error=skip``): before the fix it called the loss all-reduce while rank 0 sat in the
+    gradient all-reduce; now both agree to skip, keep their weights, and report no loss (NaN, not 0.0)."""
+    mp.start_processes(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path), 1), nprocs=2,
+                       start_method="fork")  # fmt: skip
+    single = _tiny_segmenter()
+    opt, sched = _sgd(single)
+    images, labels = _ddp_batch()
+    one = train_step(single, [(images, labels)], opt, sched, "upsample", torch.device("cpu"))
+    before = {k: v.clone() for k, v in _tiny_segmenter().state_dict().items()}
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        first, second = saved["steps"]
+        assert first.loss == pytest.approx(one.loss, rel=1e-5) and not first.empty
+        assert second.empty and np.isnan(second.loss)
+        for key, value in single.state_dict().items():
+            torch.testing.assert_close(saved["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+            assert not torch.equal(value, before[key]), f"{key}: the step changed nothing"
+
+
+def test_a_step_without_samples_is_empty_not_a_zero_loss() -> None:
+    model = _tiny_segmenter()
+    opt, sched = _sgd(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = train_step(model, [], opt, sched, "upsample", torch.device("cpu"))
+    assert step.empty and np.isnan(step.loss)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert sched.last_epoch == 1, "the iteration still counts for the LR schedule"
+
+
 def test_bad_config_under_torchrun_fails_on_every_rank_with_the_message(tmp_path: Path) -> None:
     done = subprocess.run(
         _torchrun(2, f"hydra.run.dir={tmp_path / 'run'}", "trainer.batch_size=3", f"dataset.root={tmp_path / 'd'}"),

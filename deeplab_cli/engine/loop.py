@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from . import distributed
 from .losses import LossSpec, total_loss
 from .precision import autocast, memory_format
 
@@ -31,9 +32,12 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class StepResult:
+    """``loss`` is NaN and ``empty`` true when no rank had a sample (``dataset.on_error=skip``): no step."""
+
     loss: float
     finite: bool
     grad_norm: float | None = None
+    empty: bool = False
 
 
 def train_step(
@@ -61,13 +65,21 @@ def train_step(
     Under ``DistributedDataParallel`` gradients are averaged only after the last
     micro-batch (``no_sync`` before it), and ``reduce_loss`` (a mean over ranks) makes
     the reported loss, and so the skip decision, the same on every rank.
+
+    When every sample of a rank's micro-batches was skipped (``dataset.on_error=skip``),
+    no rank steps: that rank has nothing to back-propagate, so it would call the loss
+    all-reduce while the others wait in the gradient all-reduce (a hang). One collective
+    first makes the decision common; the result is ``empty`` with a NaN loss, never a 0.0.
     """
     model.train()
     if freeze_bn:
         freeze_batchnorm(model)
-    saved = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
     optimizer.zero_grad(set_to_none=True)
     batches = list(micro_batches)
+    if distributed.any_rank(not batches):
+        scheduler.step()  # the iteration still counts, as for a skipped non-finite step
+        return StepResult(math.nan, True, None, empty=True)
+    saved = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
     total = torch.zeros((), device=device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     fmt = memory_format(channels_last)
@@ -88,7 +100,7 @@ def train_step(
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     finite = math.isfinite(value) and (grad_norm is None or scaler.is_enabled() or math.isfinite(grad_norm))
-    if finite and batches:
+    if finite:
         scaler.step(optimizer)
         scaler.update()
     else:
