@@ -136,7 +136,7 @@ def test_missing_voc_root_names_path_and_prepare_script(tmp_path: Path) -> None:
         "model.pretrained=false",
     )
     assert proc.returncode == 1
-    assert "/nonexistent" in proc.stderr and "scripts/prepare_voc.py" in proc.stderr
+    assert "/nonexistent" in proc.stderr and "deeplab-prepare voc --root /nonexistent" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

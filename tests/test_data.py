@@ -311,7 +311,7 @@ def test_resolve_voc_dir_error_names_root_and_script():
     with pytest.raises(DatasetError) as info:
         resolve_voc_dir("/nonexistent")
     assert "/nonexistent" in str(info.value)
-    assert "scripts/prepare_voc.py" in str(info.value)
+    assert "deeplab-prepare voc --root /nonexistent" in str(info.value)
 
 
 def test_missing_split_names_list_and_available_splits(tmp_path):
@@ -321,7 +321,7 @@ def test_missing_split_names_list_and_available_splits(tmp_path):
     message = str(info.value)
     assert str(voc / "ImageSets" / "Segmentation" / "test.txt") in message
     assert "available splits: train, val" in message
-    with pytest.raises(DatasetError, match="prepare_voc.py"):
+    with pytest.raises(DatasetError, match="deeplab-prepare voc"):
         read_split(voc, "train_aug")
 
 

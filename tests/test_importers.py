@@ -45,7 +45,6 @@ VAINF = {
 Rows = list[tuple[str, tuple[int, ...], torch.dtype]]
 
 
-
 def read_keys(name: str) -> Rows:
     """``key, shape, dtype`` rows of a reference key list (an empty shape is a 0-dim tensor)."""
     rows = [line.split("\t") for line in (REFERENCE / name).read_text().splitlines()[1:]]

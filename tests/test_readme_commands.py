@@ -31,9 +31,9 @@ NOT_RUN = {
     "python3 -m venv": "installs the project (CI runs it from scratch)",
     "pip install": "installs an extra",
     ".venv/bin/python -m pytest": "the test suite itself",
-    "python scripts/prepare_voc.py": "downloads 3.4 GB; tests/test_prepare_voc.py runs it on a mocked download",
-    "python scripts/prepare_ade20k.py": "downloads 923 MB; tests/test_prepare_datasets.py runs it on a local archive",
-    "python scripts/prepare_cityscapes.py": "needs the zips (login); tests/test_prepare_datasets.py writes small ones",
+    "deeplab-prepare voc": "downloads 3.4 GB; tests/test_prepare_voc.py runs it on a mocked download",
+    "deeplab-prepare ade20k": "downloads 923 MB; tests/test_prepare_datasets.py runs it on a local archive",
+    "deeplab-prepare cityscapes": "needs the zips (login); tests/test_packaging.py runs it on small ones",
     "python scripts/export_acceptance.py": "exports every preset on 12 VOC images (about an hour on 2 cores); "
     "tests/test_export.py runs the same checks on narrow models",
     "torchrun": "needs several GPUs; tests/test_distributed.py runs torchrun with 2 CPU processes",
@@ -61,7 +61,7 @@ SHRINK = {
 }  # fmt: skip
 
 #: Console scripts that take their own ``key=value`` arguments (no run directory).
-NOT_HYDRA = ("deeplab-summary", "deeplab-backbones", "deeplab-weights")
+NOT_HYDRA = ("deeplab-summary", "deeplab-backbones", "deeplab-weights", "deeplab-prepare")
 
 #: Sweeps shrunk to a job or two (the sweep's own parameters, overridden from the command line).
 SWEEP_SHRINK = {

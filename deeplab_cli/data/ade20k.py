@@ -68,8 +68,8 @@ def prepare(root: Path, keep_archives: bool = False, resource: Resource = RESOUR
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download and unpack ADE20K (ADEChallengeData2016).")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Download and unpack ADE20K (ADEChallengeData2016).")
     parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
     parser.add_argument("--keep-archives", action="store_true", help="keep the zip after success")
     args = parser.parse_args(argv)

@@ -141,7 +141,7 @@ def _missing_dir_reason(what: str, layout: Layout) -> str:
         )
     return (
         f"the mask folder does not exist (dataset.mask_dir={layout.mask_dir!r}); set dataset.mask_dir to the "
-        "folder of masks (for dataset=voc_aug run 'python scripts/prepare_voc.py' to build SegmentationClassAug/)"
+        "folder of masks (for dataset=voc_aug run 'deeplab-prepare voc' to build SegmentationClassAug/)"
     )
 
 

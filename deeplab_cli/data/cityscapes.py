@@ -69,8 +69,8 @@ def prepare(zips: Path, root: Path) -> dict[str, int]:
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Unpack the Cityscapes zips you downloaded and check them.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Unpack the Cityscapes zips you downloaded and check them.")
     parser.add_argument("--zips", type=Path, required=True, help="folder holding " + " and ".join(ZIPS.values()))
     parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
     args = parser.parse_args(argv)

