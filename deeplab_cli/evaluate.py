@@ -71,7 +71,10 @@ def merge_overrides(stored: dict[str, Any], cfg: DictConfig, overrides: list[str
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_stored_config(stored))
     weights_preprocess = merged.model.preprocess.copy()
     explicit = False
-    for override in OverridesParser.create().parse_overrides(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # groups before keys, as Hydra composes them: `model.preprocess.mean=... model=X` keeps the mean
+    parsed.sort(key=lambda o: "." in o.key_or_group)
+    for override in parsed:
         key = override.key_or_group
         top = key.split(".")[0].split("/")[0]
         if top not in _GROUP_NODES:

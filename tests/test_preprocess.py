@@ -146,6 +146,18 @@ def test_explicit_preprocess_override_is_used_and_logged(xception_ckpt: Path, ca
     assert "differs from the checkpoint's" in caplog.text and "0.5" in caplog.text
 
 
+def test_explicit_preprocess_override_survives_a_later_group_override(xception_ckpt: Path) -> None:
+    """Defect 4 of issue 22: with the key first and ``model=`` after it, the group override reset the
+    preprocessing to the checkpoint's, silently dropping the value the user named. Both orders now agree."""
+    stored = load_checkpoint(xception_ckpt)["config"]
+    key, group = "model.preprocess.mean=[0.0,0.0,0.0]", "model=deeplabv3plus_xception65"
+    for order in ([key, group], [group, key]):
+        overrides = ["checkpoint=x", *order]
+        merged = eval_mod.merge_overrides(stored, compose_train(overrides, config_name="eval"), overrides)
+        assert list(merged.model.preprocess.mean) == [0.0, 0.0, 0.0], order
+        assert list(merged.model.preprocess.std) == [0.5] * 3, order  # the rest stays the checkpoint's
+
+
 def test_checkpoints_from_before_the_move_keep_their_normalisation(xception_ckpt: Path, tmp_path: Path) -> None:
     state = load_checkpoint(xception_ckpt)
     old = {**state["config"], "dataset": {**state["config"]["dataset"], **MINUS_ONE_TO_ONE}}
