@@ -113,10 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     size, out, patterns = DEFAULT_INPUT, None, []
     for arg in args:
-        if arg.startswith("input="):
-            size = int(arg.split("=", 1)[1])
-        elif arg.startswith("out="):
-            out = arg.split("=", 1)[1]
+        key, _, value = arg.partition("=")
+        if key == "input":
+            if not value.isdigit() or int(value) < 32:
+                print(f"Error: input={value!r} must be a whole number of pixels >= 32 (the input side, e.g. "
+                      f"input={DEFAULT_INPUT}).", file=sys.stderr)  # fmt: skip
+                return 2
+            size = int(value)
+        elif key == "out":
+            out = value
+        elif "=" in arg:
+            print(f"Error: unknown option {key!r} in {arg!r}; the options are input=N and out=FILE, and the "
+                  "other arguments are timm name patterns (deeplab-backbones --help).", file=sys.stderr)  # fmt: skip
+            return 2
         else:
             patterns.append(arg)
     timm = import_timm()

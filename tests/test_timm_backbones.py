@@ -213,6 +213,19 @@ def test_backbone_list_tool(tmp_path: Path) -> None:
     assert "Of 3 timm architectures, **1 run at output stride 8, 1 at 16 and 2 at 32**" in out.read_text()
 
 
+@pytest.mark.parametrize(
+    ("arg", "says"),
+    [("input=abc", "input='abc' must be a whole number"), ("input=8", "input='8' must be a whole number"),
+     ("inptu=256", "unknown option 'inptu'")],
+)  # fmt: skip
+def test_backbone_list_bad_option_is_one_line_not_a_traceback(arg: str, says: str) -> None:
+    """Defect 5 of issue 22: ``deeplab-backbones input=abc`` printed a ValueError traceback."""
+    done = subprocess.run([sys.executable, "-m", "deeplab_cli.backbones_list", arg], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_readme_quotes_the_committed_list() -> None:
     listed = (REPO / "docs" / "timm_backbones.md").read_text()
     counts = re.search(
