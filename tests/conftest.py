@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from clitools import VOC_SAMPLE, voc_copy
+from clitools import VOC_SAMPLE, needs_shared, require_shared, shared_reason, voc_copy
 
 #: ``pytest -n N`` (pyproject's addopts): N worker processes share the cores, so each one's torch
 #: (and the console scripts it starts, through OMP_NUM_THREADS) gets its share instead of all of them.
@@ -23,10 +23,38 @@ if WORKERS > 1:
 LONGEST = "test_readme_commands.py::test_readme_commands_run_and_leave_the_data_untouched"
 
 
+#: fixtures that copy or read the real-data folder: a test using one needs it
+SHARED_FIXTURES = {"voc_root": VOC_SAMPLE, "voc_sample": VOC_SAMPLE, "broken": VOC_SAMPLE}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_shared(path): reads the real-data folder ../shared (DEEPLAB_SHARED)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m needs_shared selects: the fixture-derived markers must be there
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest test, then the slow ones, then the rest: xdist hands the first tests out in turn, so
-    the long ones start at once on different workers instead of one of them finishing last."""
+    """Skip the tests whose real data is absent (one reason, saying how to provide it). Then order: the
+    longest test, then the slow ones, then the rest: xdist hands the first tests out in turn, so the long
+    ones start at once on different workers instead of one of them finishing last."""
+    for item in items:
+        for name, path in SHARED_FIXTURES.items():
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(needs_shared(path))
+        missing = [m.args[0] for m in item.iter_markers("needs_shared") if not m.args[0].exists()]
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=shared_reason(missing[0])))
     items.sort(key=lambda item: (not item.nodeid.endswith(LONGEST), item.get_closest_marker("slow") is None))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A test that skips for want of the real data but is not marked ``needs_shared`` fails: unmarked, it
+    would escape ``pytest -m needs_shared``, the CI step that runs these tests with the data present."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "DEEPLAB_SHARED" in str(report.longrepr) and item.get_closest_marker("needs_shared") is None:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} reads the real-data folder but lacks @needs_shared(path) (tests/clitools.py)"
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +69,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable copy of the real VOC sample (``clitools.voc_copy``); skipped where the sample is absent."""
-    if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
+    require_shared(VOC_SAMPLE)
     return voc_copy(tmp_path_factory.mktemp("voc"))
 
 

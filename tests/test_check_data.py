@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import VOC_SAMPLE, needs_shared, require_shared
 from PIL import Image
 
 from deeplab_cli.data.check import (
@@ -27,14 +28,13 @@ from deeplab_cli.data.labels import LabelMapping
 from deeplab_cli.data.layout import Layout
 from deeplab_cli.data.palette import voc_colormap, voc_palette
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_sample" / "VOC2012"
+SAMPLE = VOC_SAMPLE / "VOC2012"
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IDS = ["2011_000003", "2011_000006", "2011_000025", "2011_003066"]
 
 
 def copy_sample(dest: Path) -> Path:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"VOC sample not found at {SAMPLE}")
+    require_shared(SAMPLE)
     voc = dest / "VOC2012"
     shutil.copytree(SAMPLE, voc)
     return voc
@@ -118,6 +118,7 @@ def test_cli_writes_report_json(cli_broken, broken) -> None:
     assert all(p["reason"] for p in report["problems"])
 
 
+@needs_shared(SAMPLE)
 def test_clean_copy_exits_0(tmp_path, monkeypatch, capsys) -> None:
     """The entry point in-process (a second interpreter would pay the torch import again)."""
     from deeplab_cli import check_data
@@ -131,9 +132,8 @@ def test_clean_copy_exits_0(tmp_path, monkeypatch, capsys) -> None:
     assert report["total"] == 0 and report["problems"] == [] and report["checked"] == {"train": 4, "val": 8}
 
 
+@needs_shared(SAMPLE)
 def test_rgb_to_index_round_trip() -> None:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"VOC sample not found at {SAMPLE}")
     mask = np.array(Image.open(SAMPLE / "SegmentationClass" / "2007_000033.png"))
     assert set(np.unique(mask)) >= {0, 255}
     rgb = voc_colormap()[mask]

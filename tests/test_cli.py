@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clitools import VOC_SAMPLE, needs_shared
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra_compose import compose_train
@@ -22,7 +23,6 @@ from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-VOC_SAMPLE = REPO.parent / "shared" / "data" / "voc_sample"
 BIN = Path(sys.executable).parent
 
 # A tiny, fast version of the default (quickstart) run.
@@ -236,7 +236,7 @@ def test_eval_override_on_stored_config(trained: Path) -> None:
     assert merged.head.channels == 16
 
 
-@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+@needs_shared(VOC_SAMPLE)
 def test_train_and_eval_on_real_voc_sample(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = cli(

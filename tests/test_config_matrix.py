@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clitools import EXPERIMENTS, MODEL_PRESETS, REPO, VOC_SAMPLE, cli, tree_digest, voc_copy
+from clitools import EXPERIMENTS, MODEL_PRESETS, REPO, VOC_SAMPLE, cli, needs_shared, tree_digest, voc_copy
 from hydra_compose import compose_train
 
 from deeplab_cli import factory
@@ -25,7 +25,7 @@ from deeplab_cli.models.importers.base import meta_build
 DATASETS = sorted(p.stem for p in (REPO / "configs" / "dataset").glob("*.yaml"))
 NUM_CLASSES = {"folder": 2, "cityscapes": 19, "cityscapes_trainids": 19, "ade20k": 150, "camvid": 11}
 COMMANDS = ["train", "eval", "predict", "export"]
-needs_voc = pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+needs_voc = needs_shared(VOC_SAMPLE)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

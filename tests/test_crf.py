@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import VOC_SAMPLE, needs_shared
 from PIL import Image
 
 from deeplab_cli.errors import ConfigError, DeepLabError
@@ -24,7 +25,7 @@ from deeplab_cli.postprocess.crf import (
 
 pytest.importorskip("pydensecrf.densecrf", reason="DenseCRF tests need pydensecrf (pip install pydensecrf2)")
 
-VOC_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_sample" / "VOC2012"
+VOC_ROOT = VOC_SAMPLE / "VOC2012"
 H, W, C = 40, 60, 3
 
 
@@ -216,6 +217,7 @@ def test_bad_shape_in_worker_raises_crf_error(tmp_path: Path) -> None:
     assert path in str(info.value)
 
 
+@needs_shared(VOC_ROOT)
 def test_real_voc_image_and_mask() -> None:
     """A real photo with softened, noisy probabilities from its real mask (full size, ~1-2 s)."""
     masks = sorted((VOC_ROOT / "SegmentationClass").glob("*.png"))

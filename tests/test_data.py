@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from clitools import VOC_SAMPLE, require_shared
 from PIL import Image
 from torchvision import tv_tensors
 
@@ -27,7 +28,6 @@ from deeplab_cli.data.transforms import (
 from deeplab_cli.data.voc import read_split, resolve_voc_dir, voc_dataset
 from deeplab_cli.engine.losses import resize_labels, segmentation_loss, total_loss
 
-VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc_sample"
 VALID_LABELS = set(range(21)) | {255}
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
 STD = torch.tensor(IMAGENET_STD)[:, None, None]
@@ -35,8 +35,7 @@ STD = torch.tensor(IMAGENET_STD)[:, None, None]
 
 @pytest.fixture
 def voc_sample() -> Path:
-    if not (VOC_SAMPLE / "VOC2012" / "JPEGImages").is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE} (shared test data absent)")
+    require_shared(VOC_SAMPLE / "VOC2012" / "JPEGImages")
     return VOC_SAMPLE
 
 

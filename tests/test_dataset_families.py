@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import tree_digest
+from clitools import CAMVID, needs_shared, require_shared, tree_digest
 from hydra_compose import compose_train
 from PIL import Image
 
@@ -321,10 +321,7 @@ def test_binary_0_255_masks_keep_their_foreground_with_an_explicit_label_map(tmp
 
 
 def camvid_copy(dest: Path, per_split: int = 3) -> Path:
-    from clitools import CAMVID
-
-    if not CAMVID.is_dir():
-        pytest.skip(f"real CamVid data not found at {CAMVID}")
+    require_shared(CAMVID)
     import shutil
 
     for split in ("train", "val"):
@@ -336,6 +333,7 @@ def camvid_copy(dest: Path, per_split: int = 3) -> Path:
     return dest
 
 
+@needs_shared(CAMVID)
 def test_camvid_frames_check_train_eval_and_predict_in_the_camvid_palette(tmp_path: Path) -> None:
     from deeplab_cli import predict as predict_mod
 

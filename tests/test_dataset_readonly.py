@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clitools import VOC_SAMPLE, cli, tree_digest, voc_copy
+from clitools import VOC_SAMPLE, cli, needs_shared, require_shared, tree_digest, voc_copy
 
 from deeplab_cli.data.synthetic import MARKER, SyntheticRootError, SyntheticSpec, ensure_synthetic_voc
 
@@ -42,10 +42,10 @@ def test_an_interrupted_generation_is_finished_next_time(tmp_path: Path) -> None
     assert "complete" not in json.loads((voc / MARKER).read_text())
 
 
+@needs_shared(VOC_SAMPLE)
 @pytest.mark.parametrize("where", ["", "VOCdevkit", "VOCdevkit/VOC2012"])
 def test_generator_refuses_someone_elses_data_and_writes_nothing(tmp_path: Path, where: str) -> None:
-    if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
+    require_shared(VOC_SAMPLE)
     root = voc_copy(tmp_path / "voc")
     before = tree_digest(root)
     with pytest.raises(SyntheticRootError) as info:

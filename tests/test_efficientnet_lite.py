@@ -13,7 +13,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from clitools import VOC_SAMPLE
+from clitools import VOC_SAMPLE, needs_shared, require_shared
 from PIL import Image
 
 from deeplab_cli.models.builder import ModelSpec, build_model_with_provenance
@@ -57,8 +57,7 @@ def _timm_full(level: int):
 
 
 def _images(size: int, names: list[str]) -> torch.Tensor:
-    if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
+    require_shared(VOC_SAMPLE)
     entry = catalogue.get_entry("ml-illustrated/efficientnet-lite0")
     mean, std = torch.tensor(entry.preprocess["mean"]), torch.tensor(entry.preprocess["std"])
     batch = []
@@ -70,11 +69,11 @@ def _images(size: int, names: list[str]) -> torch.Tensor:
 
 
 def _all_sample_names() -> list[str]:
-    if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"real VOC sample not found at {VOC_SAMPLE}")
+    require_shared(VOC_SAMPLE)
     return sorted(p.stem for p in (VOC_SAMPLE / "VOC2012" / "JPEGImages").glob("*.jpg"))
 
 
+@needs_shared(VOC_SAMPLE)
 @pytest.mark.parametrize("level", LEVELS)
 def test_converted_weights_give_the_package_models_logits(level: int) -> None:
     x = _images(SIZES[level], _all_sample_names())
@@ -94,6 +93,7 @@ def test_converted_weights_match_the_package_model_without_images(level: int) ->
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-4), float((ours - theirs).abs().max())
 
 
+@needs_shared(VOC_SAMPLE)
 def test_top1_classes_of_five_voc_images() -> None:
     names = list(TOP1)
     with torch.no_grad():

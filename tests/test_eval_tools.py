@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clitools import VOC_SAMPLE, needs_shared
 from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
@@ -33,7 +34,6 @@ from deeplab_cli.errors import ConfigError
 from deeplab_cli.postprocess.crf import CRFParams
 
 REPO = Path(__file__).resolve().parents[1]
-VOC_SAMPLE = REPO.parent / "shared" / "data" / "voc_sample"
 BIN = Path(sys.executable).parent
 TINY = [
     "backbone.width_mult=0.125",
@@ -348,7 +348,7 @@ def test_voc_test_export_writes_server_layout(tmp_path: Path, checkpoint: Path, 
     assert {f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png" for i in ids} <= names
 
 
-@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+@needs_shared(VOC_SAMPLE)
 def test_predict_on_a_folder_of_real_voc_images(tmp_path: Path, checkpoint: Path) -> None:
     images = VOC_SAMPLE / "VOC2012" / "JPEGImages"
     out = tmp_path / "masks"
@@ -372,7 +372,7 @@ def test_predict_on_a_folder_of_real_voc_images(tmp_path: Path, checkpoint: Path
     assert len(list(out.glob("*.png"))) == 12
 
 
-@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+@needs_shared(VOC_SAMPLE)
 def test_predict_with_crf_and_tta_on_a_glob(tmp_path: Path, checkpoint: Path) -> None:
     images = VOC_SAMPLE / "VOC2012" / "JPEGImages"
     first = sorted(images.glob("*.jpg"))[:2]
@@ -404,7 +404,7 @@ def test_predict_input_that_matches_nothing_is_explained(tmp_path: Path, checkpo
     assert "matched no image" in proc.stderr and str(tmp_path) in proc.stderr
 
 
-@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+@needs_shared(VOC_SAMPLE)
 def test_crf_and_trimap_on_the_real_voc_sample(tmp_path: Path, checkpoint: Path) -> None:
     m = run_eval(
         tmp_path,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clitools import VOC_SAMPLE, cli
+from clitools import VOC_SAMPLE, cli, needs_shared
 from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
@@ -51,7 +51,7 @@ def export(tmp_path: Path, checkpoint: Path, *overrides: str) -> dict:
 
 
 @needs_ort
-@pytest.mark.skipif(not VOC_IMAGES.is_dir(), reason=f"real VOC images not found at {VOC_IMAGES}")
+@needs_shared(VOC_IMAGES)
 def test_onnx_export_matches_pytorch_on_the_real_voc_images(tmp_path: Path, checkpoint: Path) -> None:
     """One dynamic-size file for the 12 real VOC images (several sizes, portrait and landscape)."""
     report = export(tmp_path, checkpoint, f"verify.input={VOC_IMAGES}", f"out={tmp_path / 'm.onnx'}")

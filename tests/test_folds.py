@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from clitools import CAMVID, REPO, cli
+from clitools import CAMVID, VOC_MASKS, cli, needs_shared
 from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
@@ -21,7 +21,6 @@ from deeplab_cli.errors import DeepLabError
 from deeplab_cli.split import run_split
 from deeplab_cli.sweep_summary import cross_validation, write_summary
 
-VOC_MASKS = REPO.parent / "shared" / "data" / "voc_masks"
 CAMVID_DATASET = ["dataset=camvid", f"dataset.root={CAMVID}", "dataset.image_suffix=.jpg"]
 SEQUENCE = "'^[^_]+'"  # CamVid ids are <sequence>_<frame>
 
@@ -107,7 +106,7 @@ def test_impossible_requests_fail_in_one_line(k: int, ids: list[str], pattern: s
 # ------------------------------------------------------------------------ the real data
 
 
-@pytest.mark.skipif(not VOC_MASKS.is_dir(), reason=f"real VOC masks not found at {VOC_MASKS}")
+@needs_shared(VOC_MASKS)
 def test_voc_2913_masks_five_folds_deviate_a_third_of_random_or_less(tmp_path: Path) -> None:
     """Acceptance: largest per-class deviation of image-count share and pixel share <= 1/3 of a random k-fold."""
     masks = ["dataset=folder", f"dataset.root={VOC_MASKS}", "dataset.num_classes=21", "dataset.name=voc_masks",
@@ -133,7 +132,7 @@ def test_voc_2913_masks_five_folds_deviate_a_third_of_random_or_less(tmp_path: P
     assert worst == pytest.approx(ours["pixel_share"], rel=1e-9)
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not found at {CAMVID}")
+@needs_shared(CAMVID)
 def test_camvid_train_and_val_grouped_by_sequence(tmp_path: Path) -> None:
     """Acceptance: no sequence split across folds; every image in one val fold; train/val disjoint and covering."""
     info, out = split(
@@ -151,7 +150,7 @@ def test_camvid_train_and_val_grouped_by_sequence(tmp_path: Path) -> None:
         assert (CAMVID / source / f"{stem}.jpg").is_file()
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not found at {CAMVID}")
+@needs_shared(CAMVID)
 def test_training_on_a_fold_reads_its_lists_from_both_folders(tmp_path: Path) -> None:
     from deeplab_cli import factory
     from deeplab_cli.data_factory import check_dataset_lists, validate_dataset
@@ -174,7 +173,7 @@ def test_training_on_a_fold_reads_its_lists_from_both_folders(tmp_path: Path) ->
     assert image.shape[-2:] == mask.shape == (360, 480)
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not found at {CAMVID}")
+@needs_shared(CAMVID)
 def test_fold_keys_fail_in_one_line(tmp_path: Path) -> None:
     from deeplab_cli.data_factory import validate_dataset
 

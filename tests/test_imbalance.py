@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from clitools import CAMVID
+from clitools import CAMVID, needs_shared
 from hydra_compose import compose_train
 from PIL import Image
 
@@ -24,7 +24,7 @@ from deeplab_cli.engine.losses import LossSpec, ohem_mask, segmentation_loss
 from deeplab_cli.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-needs_camvid = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid data not found at {CAMVID}")
+needs_camvid = needs_shared(CAMVID)
 QUICK = ["trainer.max_iters=2", "trainer.batch_size=2", "trainer.progress=false", "dataset.synthetic.num_train=4",
          "dataset.synthetic.num_val=2"]  # fmt: skip
 

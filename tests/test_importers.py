@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.models.segmentation as tv_seg
+from clitools import REFERENCE, needs_shared
 from torch import Tensor, nn
 
 from deeplab_cli.errors import ConfigError, DeepLabError
@@ -29,10 +30,9 @@ from deeplab_cli.models.importers import (
 )
 from deeplab_cli.models.multiscale import MultiScaleInputs
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 # one list: a second ``pytestmark =`` would replace the skip, and a fresh clone without ../shared would fail
 pytestmark = [
-    pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference key lists not found at {REFERENCE}"),
+    needs_shared(REFERENCE),
     pytest.mark.usefixtures("one_thread"),
 ]
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import clitools
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,7 @@ from deeplab_cli.data.palette import VOC_CLASSES
 from deeplab_cli.engine.logger import format_table
 from deeplab_cli.engine.metrics import ConfusionMatrix, compute_metrics
 
-VOC_MASKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc_masks" / "SegmentationClass"
+VOC_MASKS = clitools.VOC_MASKS / "SegmentationClass"
 
 NAMES = ("bg", "cat", "dog", "cow")  # 4 classes; "dog" is only predicted, "cow" never appears
 
@@ -142,9 +141,8 @@ def test_empty_matrix_reports_zeros():
     assert m["per_class_iou"] == {"a": None, "b": None, "c": None}
 
 
+@clitools.needs_shared(VOC_MASKS)
 def test_real_masks_as_their_own_prediction_score_100():
-    if not VOC_MASKS.is_dir():
-        pytest.skip(f"real VOC masks not found at {VOC_MASKS} (shared test data absent)")
     paths = sorted(VOC_MASKS.glob("*.png"))[::140][:20]
     assert len(paths) == 20
     cm = ConfusionMatrix(21)

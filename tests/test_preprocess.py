@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clitools import VOC_SAMPLE, tree_digest
+from clitools import REFERENCE, VOC_SAMPLE, needs_shared, tree_digest
 from hydra_compose import compose_train
 from PIL import Image
 
@@ -22,7 +22,7 @@ from deeplab_cli.engine.checkpoint import atomic_save, load_checkpoint
 from deeplab_cli.models.importers import CAFFE_BGR, import_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-needs_voc = pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+needs_voc = needs_shared(VOC_SAMPLE)
 IMAGE_ID = "2007_000033"
 MINUS_ONE_TO_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "bgr": False}
 
@@ -114,6 +114,7 @@ def test_our_xception_checkpoint_predicts_the_same_with_a_dataset_override(
 
 
 @needs_voc
+@needs_shared(REFERENCE)
 def test_kazuto_checkpoint_keeps_caffe_bgr_under_dataset_override(voc_root: Path, tmp_path: Path) -> None:
     from test_importers import KAZUTO, kazuto_msc, random_state, read_keys
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from clitools import CAMVID, REPO, VOC_SAMPLE, cli, tree_digest, voc_copy
+from clitools import CAMVID, REPO, VOC_SAMPLE, cli, needs_shared, tree_digest, voc_copy
 
 from deeplab_cli.data.synthetic import MARKER, SyntheticSpec, ensure_synthetic_voc
 
@@ -224,7 +224,8 @@ HAS_OPTUNA = importlib.util.find_spec("hydra_plugins") is not None and (  # the 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not VOC_SAMPLE.is_dir(), reason=f"real VOC sample not found at {VOC_SAMPLE}")
+@needs_shared(VOC_SAMPLE)
+@needs_shared(CAMVID)
 def test_readme_commands_run_and_leave_the_data_untouched(tmp_path: Path) -> None:
     data = _workspace(tmp_path)
     voc_ckpt = _checkpoint(tmp_path)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from clitools import VOC_MASKS, needs_shared
 
 from deeplab_cli.engine.metrics import ConfusionMatrix, compute_metrics
 from deeplab_cli.engine.trimap import TrimapMeter, boundary_distance
 
-MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_masks" / "SegmentationClass"
+MASKS = VOC_MASKS / "SegmentationClass"
 NAMES3 = ("a", "b", "c")
 
 
@@ -121,9 +121,8 @@ def test_update_rejects_batches_and_mismatch() -> None:
         meter.update(torch.zeros(3, 3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long))
 
 
+@needs_shared(MASKS)
 def test_real_voc_masks() -> None:
-    if not MASKS.is_dir():
-        pytest.skip(f"shared VOC masks not found at {MASKS}")
     from PIL import Image
 
     files = sorted(MASKS.glob("*.png"))[:3]
