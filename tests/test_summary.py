@@ -74,3 +74,53 @@ def test_bad_arguments_fail_in_one_line(tmp_path: Path) -> None:
         proc = cli("deeplab-summary", *args, cwd=tmp_path)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == code and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def _macs_by_formula(model, size: tuple[int, int]) -> dict[str, int]:
+    """Multiply-adds of every Conv2d/Linear from the formula, with the shapes seen in a real forward pass:
+    out_h x out_w x out_ch x (in_ch / groups) x kh x kw for a convolution, in x out for a linear layer.
+    Independent of torch's flop counter, which deeplab-summary uses."""
+    import torch
+    from torch import nn
+
+    macs: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(module, _inputs, out) -> None:
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                n = out.shape[-2] * out.shape[-1] * module.out_channels * module.in_channels // module.groups * kh * kw
+            else:
+                n = out.numel() // module.out_features * module.in_features * module.out_features
+            macs[name] = macs.get(name, 0) + n
+
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.register_forward_hook(hook(name))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, *size))
+    return macs
+
+
+@pytest.mark.parametrize(("preset", "size"), [("quickstart", (64, 80)), ("deeplabv3plus_mobilenet_v2", (65, 97))])
+def test_multiply_adds_equal_the_per_layer_formula(preset: str, size: tuple[int, int]) -> None:
+    """deeplab-summary's totals, and its backbone/head split, against the convolution formula summed over the
+    layers of the real model (a v1 LargeFOV, and a v3+ with depthwise convolutions and a decoder)."""
+    import torch
+    from hydra_compose import compose_train
+
+    from deeplab_cli import factory
+    from deeplab_cli.summary import measure
+
+    cfg = compose_train([f"model={preset}", "model.pretrained=false"])
+    torch.manual_seed(0)
+    model = factory.make_model(cfg, pretrained=False)
+    per_layer = _macs_by_formula(model, size)
+    with torch.device("meta"):
+        meta = factory.build_model(factory.model_spec(cfg)).eval()
+    r = measure(meta, size)
+    assert r["gmacs"] * 1e9 == pytest.approx(sum(per_layer.values()), rel=1e-9)
+    backbone = sum(n for name, n in per_layer.items() if "backbone" in name.split("."))
+    assert r["gmacs_backbone"] * 1e9 == pytest.approx(backbone, rel=1e-9) and 0 < backbone < sum(per_layer.values())

@@ -17,6 +17,7 @@ from deeplab_cli.models.backbones.xception import (
     SeparableConv2d,
     Xception65,
     XceptionUnit,
+    convert_timm_xception65,
     load_xception65_weights,
 )
 from deeplab_cli.models.pretrained import PretrainedWeightsError
@@ -218,3 +219,31 @@ def test_timm_layout_round_trip(tmp_path: Path, models: dict[int, Xception65]) -
     message = str(err.value)
     assert "1 missing keys (middle_flow.unit3.residual.sepconv1.bn_depthwise.running_var)" in message
     assert "1 unexpected keys (blocks.21.stack.conv1.conv_dw.weight)" in message
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_same_features_as_timms_xception65_given_the_same_weights(output_stride: int) -> None:
+    """An independent implementation of the same modified aligned Xception-65: timm's ``xception65``
+    (``xception_aligned.py``), with its random weights and randomised BatchNorm statistics renamed to ours.
+    The deepest features (``forward_features``) and the low-level feature (timm's ``blocks.1.stack.conv2``, the
+    decoder's stride-4 input) agree to float precision at every output stride, on an odd input size."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(output_stride)
+    theirs = timm.create_model("xception65", pretrained=False, output_stride=output_stride).eval()
+    with torch.no_grad():
+        for m in theirs.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # not the identity: a wrong BN mapping would show
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    ours = Xception65(output_stride).eval()
+    ours.load_state_dict(convert_timm_xception65(theirs.state_dict()), strict=True)
+    low: list[torch.Tensor] = []
+    theirs.blocks[1].stack.conv2.register_forward_hook(lambda _m, _i, out: low.append(out.clone()))  # before ReLU
+    x = torch.randn(1, 3, 97, 97)
+    with torch.no_grad():
+        expected, got = theirs.forward_features(x), ours(x)
+    assert got["out"].shape == expected.shape == (1, 2048, -(-97 // output_stride), -(-97 // output_stride))
+    torch.testing.assert_close(got["out"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["low_level"], low[0], atol=1e-5, rtol=1e-5)
