@@ -5,7 +5,11 @@ Usage (``key=value`` arguments, every key optional)::
     python scripts/benchmark.py model=deeplabv3_resnet101 crop=129 batch=2 out=F.json
 
 Both models are measured in this process on the same random input with the same settings, ours
-first; ours is freed before the reference is built, so neither sees the other's memory. Training
+first; ours is freed before the reference is built, so neither sees the other's memory. The machine's
+speed drifts (other processes, frequency, caches), and a single ours-then-reference pair carries that
+drift into the ratio; so after that first round (which also measures memory and the data path), both
+models are timed again in alternating rounds (ours, reference, ours, reference, ...), and the ratios
+reported are the median over ``rounds`` per-round ratios, with their minimum and maximum. Training
 throughput excludes data loading (tensors made on the device beforehand); ``data=true`` adds one
 measurement of ours through the real DataLoader on a synthetic set with VOC-sized images. Numbers
 depend on the machine and on whatever else runs on it: compare ratios from one run, not runs.
@@ -22,6 +26,7 @@ import gc
 import json
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -131,6 +136,7 @@ OPTIONS: dict[str, Option] = {
     "workers": Option("2", "an integer >= 0", _int(0)),
     "out": Option("null", "null or a path ending in .json", _optional(_path)),
     "threads": Option("null", "null or an integer >= 1", _optional(_int(1))),
+    "rounds": Option("5", "an integer >= 1 (ours and the reference timed in turn, this many times each)", _int(1)),
 }
 
 
@@ -154,6 +160,7 @@ class Settings:
     workers: int
     out: str | None
     threads: int | None
+    rounds: int
 
     @property
     def reference_name(self) -> str | None:
@@ -436,6 +443,41 @@ def measure(
     return result
 
 
+def time_round(
+    model: nn.Module, loss: Loss, inputs: Inputs, settings: Settings, device: torch.device
+) -> tuple[float, float]:
+    """(train images/s, inference images/s) of one more round: the timing of :func:`measure`, nothing else."""
+    runner = torch.compile(model) if settings.compile else model
+    runner.train()
+    train, _ = time_train(make_train_step(model, runner, loss, settings, device), inputs.repeat(), settings, device)
+    infer, _ = time_infer(runner, inputs.image, settings, device)
+    return train, infer
+
+
+def alternate_rounds(
+    ours: nn.Module, reference: nn.Module, inputs: Inputs, settings: Settings, device: torch.device, rounds: int
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """``rounds`` x (ours, reference), timed in turn so that a drift of the machine touches both alike."""
+    out = []
+    for _ in range(rounds):
+        mine = time_round(ours, _our_loss, inputs, settings, device)
+        theirs = time_round(reference, _reference_loss, inputs, settings, device)
+        out.append((mine, theirs))
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float | list[float] | None]:
+    """Median, min, max and interquartile range of per-round ratios (IQR needs 4 rounds or more)."""
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) >= 4 else None
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "iqr": [q[0], q[2]] if q else None,
+        "rounds": values,
+    }
+
+
 def release(device: torch.device, compiled: bool) -> None:
     """Give the first model's memory back before the second is built."""
     if compiled:
@@ -475,6 +517,17 @@ def combine(ours: dict[str, Any], ref: dict[str, Any] | None, memory_kind: str) 
     out.update({f"reference_{k}": ref.get(k) for k in shared})
     out["train_ratio"] = _ratio(ours["train_images_per_s"], ref.get("train_images_per_s"))
     out["infer_ratio"] = _ratio(ours["infer_images_per_s"], ref.get("infer_images_per_s"))
+    for kind in ("train", "infer"):  # the per-round ratios; the headline ratio is their median
+        out[f"ours_{kind}_rounds"], out[f"reference_{kind}_rounds"] = (
+            ours.get(f"{kind}_rounds"),
+            ref.get(f"{kind}_rounds"),
+        )
+        ratios = [o / r for o, r in zip(ours.get(f"{kind}_rounds", []), ref.get(f"{kind}_rounds", []), strict=True)]
+        out[f"{kind}_ratio_spread"] = spread(ratios) if ratios else None
+        if ratios:
+            out[f"{kind}_ratio"] = out[f"{kind}_ratio_spread"]["median"]
+            out[f"ours_{kind}_images_per_s"] = statistics.median(ours[f"{kind}_rounds"])
+            out[f"reference_{kind}_images_per_s"] = statistics.median(ref[f"{kind}_rounds"])
     out["params_ratio"] = _ratio(ours["params"], ref.get("params"))
     out["memory_ratio"] = _ratio(ours["peak_memory_mb"], ref.get("peak_memory_mb"))
     out["memory_kind"] = memory_kind
@@ -501,6 +554,15 @@ def markdown_table(r: Mapping[str, Any]) -> str:
     ratio = ["ratio (ours / reference)", "-", _cell(r["params_ratio"], 3), _cell(r["train_ratio"], 3), "-"]
     ratio += [_cell(r["infer_ratio"], 3), _cell(r["memory_ratio"], 3)]
     rows.append("| " + " | ".join(ratio) + " |")
+    for kind in ("train", "infer"):
+        sp = r.get(f"{kind}_ratio_spread")
+        if sp:
+            iqr = f", IQR {sp['iqr'][0]:.3f}-{sp['iqr'][1]:.3f}" if sp["iqr"] else ""
+            rows.append(
+                f"\n{kind} ratio over {len(sp['rounds'])} alternating rounds: median {sp['median']:.3f} "
+                f"(min {sp['min']:.3f}, max {sp['max']:.3f}{iqr}); rounds: "
+                + ", ".join(f"{v:.3f}" for v in sp["rounds"])
+            )
     return "\n".join(rows)
 
 
@@ -598,11 +660,23 @@ def run(settings: Settings, device: torch.device, command: str) -> dict[str, Any
     ref = None
     if settings.reference_name is not None:
         memory.reset()
-        ref = measure(
-            reference_model(settings.reference_name, cfg.model.num_classes), _reference_loss, inputs, settings, device
-        )
+        reference = reference_model(settings.reference_name, cfg.model.num_classes)
+        ref = measure(reference, _reference_loss, inputs, settings, device)
         ref.update(model=f"torchvision {settings.reference_name}", output_stride=REFERENCE_OUTPUT_STRIDE)
         ref.update(peak_memory_mb=memory.peak_mb(), baseline_memory_mb=memory.baseline_mb)
+        ours["train_rounds"], ours["infer_rounds"] = [ours["train_images_per_s"]], [ours["infer_images_per_s"]]
+        ref["train_rounds"], ref["infer_rounds"] = [ref["train_images_per_s"]], [ref["infer_images_per_s"]]
+        if settings.rounds > 1:  # both models built now: memory was measured above, one model at a time
+            mine = factory.make_model(cfg, pretrained=False).to(device)
+            mine = mine.to(memory_format=torch.channels_last) if settings.channels_last else mine
+            reference = reference.to(memory_format=torch.channels_last) if settings.channels_last else reference
+            for (o_train, o_infer), (r_train, r_infer) in alternate_rounds(
+                mine, reference, inputs, settings, device, settings.rounds - 1
+            ):
+                ours["train_rounds"].append(o_train)
+                ours["infer_rounds"].append(o_infer)
+                ref["train_rounds"].append(r_train)
+                ref["infer_rounds"].append(r_infer)
     result = combine(ours, ref, memory.kind)
     result["data_generation_s"] = generation_s
     result["settings"] = environment(settings, device)

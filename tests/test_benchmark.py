@@ -15,7 +15,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from deeplab_cli import factory
 from deeplab_cli.benchmark import OPTIONS, main, parse_args
 
-TINY = ["crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=64x48", "threads=1"]
+TINY = ["crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=64x48", "threads=1", "rounds=1"]
 REQUIRED = (
     "ours_train_images_per_s", "reference_train_images_per_s", "train_ratio", "ours_train_with_data_images_per_s",
     "ours_infer_images_per_s", "reference_infer_images_per_s", "infer_ratio", "ours_peak_memory_mb",
@@ -37,7 +37,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
 def r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """One run of ours vs torchvision at ResNet-50, without the data pipeline."""
     tmp = tmp_path_factory.mktemp("bench")
-    code, record = _run(tmp, "model=deeplabv3_resnet50", "data=false")
+    code, record = _run(tmp, "model=deeplabv3_resnet50", "data=false", "rounds=3")
     assert code == 0
     return tmp, record
 
@@ -45,8 +45,13 @@ def r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]
 def test_record_has_every_key_and_ratios_are_quotients(r50: tuple[Path, dict[str, Any]]) -> None:
     tmp, r = r50
     assert not [key for key in REQUIRED if key not in r]
-    assert r["train_ratio"] == pytest.approx(r["ours_train_images_per_s"] / r["reference_train_images_per_s"])
-    assert r["infer_ratio"] == pytest.approx(r["ours_infer_images_per_s"] / r["reference_infer_images_per_s"])
+    for kind in ("train", "infer"):  # three alternating rounds: the ratio is the median of the per-round quotients
+        ours, ref = r[f"ours_{kind}_rounds"], r[f"reference_{kind}_rounds"]
+        quotients = [o / q for o, q in zip(ours, ref, strict=True)]
+        assert len(quotients) == 3 and r[f"{kind}_ratio_spread"]["rounds"] == pytest.approx(quotients)
+        assert r[f"{kind}_ratio"] == pytest.approx(sorted(quotients)[1])
+        assert (r[f"{kind}_ratio_spread"]["min"], r[f"{kind}_ratio_spread"]["max"]) == (min(quotients), max(quotients))
+        assert r[f"ours_{kind}_images_per_s"] == pytest.approx(sorted(ours)[1])
     assert min(r["ours_train_images_per_s"], r["reference_train_images_per_s"], r["ours_infer_images_per_s"]) > 0
     assert r["ours_train_with_data_images_per_s"] is None  # data=false
     assert (r["ours_output_stride"], r["reference_output_stride"]) == (16, 8)
@@ -71,7 +76,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (s.model, s.crop, s.batch, s.precision, s.device) == ("deeplabv3_resnet101", 513, 16, "fp32", "auto")
     assert (s.warmup, s.iters, s.infer_iters, s.infer_size) == (3, 10, 5, (500, 375))
     assert (s.output_stride, s.reference_name, s.data, s.workers) == (None, "deeplabv3_resnet101", True, 2)
-    assert s.out is None and s.threads is None
+    assert s.out is None and s.threads is None and s.rounds == 5
     assert not s.channels_last and not s.compile
 
 
@@ -91,6 +96,29 @@ def test_bad_argument_exits_2_naming_the_key(arg: str, named: list[str], capsys:
     assert main([arg]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(word in err for word in named)
+
+
+def test_rounds_alternate_ours_and_the_reference(monkeypatch, tmp_path: Path) -> None:
+    """After the first round, each round times ours then the reference, so a drift of the machine's speed
+    lands on both; the spread of the per-round ratios says how much one ratio can be trusted."""
+    import deeplab_cli.benchmark as bench
+
+    order: list[str] = []
+    speeds = iter([4.0, 2.0, 3.0, 3.0, 2.0, 4.0])  # ours, reference, ours, reference, ...: drifting rates
+
+    def fake_round(model, loss, inputs, settings, device):
+        order.append("ours" if loss is bench._our_loss else "reference")
+        value = next(speeds)
+        return value, value
+
+    monkeypatch.setattr(bench, "time_round", fake_round)
+    code, r = _run(tmp_path, "model=deeplabv3_resnet50", "data=false", "rounds=4")
+    assert code == 0 and order == ["ours", "reference"] * 3
+    assert r["train_ratio_spread"]["rounds"][1:] == [2.0, 1.0, 0.5]
+    assert (
+        r["train_ratio_spread"]["iqr"] is not None
+        and "train ratio over 4 alternating rounds" in (tmp_path / "F.md").read_text()
+    )
 
 
 def test_fp16_on_cpu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
