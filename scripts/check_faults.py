@@ -229,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(faults) - len(missed)} of {len(faults)} faults caught in {minutes:.1f} min"
     print(summary)
     if args.write:
-        cpu = platform.processor() or platform.machine()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else None  # fmt: skip
+        cpu = cpu or platform.processor() or platform.machine()
         args.write.write_text(_document(rows, summary, cpu))
         print(f"wrote {args.write}")
     return 1 if missed else 0
