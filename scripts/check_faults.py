@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "PYTHONPATH": str(tree), "DEEPLAB_SHARED": str(shared), "HYDRA_FULL_ERROR": "0"}
         named = tuple(dict.fromkeys(t for f in faults for t in f.tests))
         ok, last, seconds = _pytest(tree, named, env, workers="auto")
-        print(f"baseline: the {len(named)} named test targets on the unchanged copy: {last} ({seconds:.0f} s)", flush=True)
+        print(
+            f"baseline: the {len(named)} named test targets on the unchanged copy: {last} ({seconds:.0f} s)", flush=True
+        )
         if not ok:
             print("the named tests fail without any fault; fix them first", file=sys.stderr)
             return 2
