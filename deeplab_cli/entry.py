@@ -82,6 +82,14 @@ def one_line(exc: BaseException) -> str:
     return f"{message} Fix: {hint}" + ("" if hint.endswith(".") else ".")
 
 
+def message_of(exc: BaseException) -> str:
+    """The one line to print for an error of a command: a config value it could not read (``???`` left unset)
+    as :func:`one_line`, anything else as :func:`errors.user_message`."""
+    if isinstance(exc, OmegaConfBaseException):
+        return one_line(exc)
+    return user_message(exc)
+
+
 def run(hydra_main: Callable[[], object]) -> None:
     """Call a ``@hydra.main`` function; composition and config-value errors exit 1 with :func:`one_line`."""
     keep_trace = os.environ.get(_FULL_ERROR) == "1"
@@ -104,5 +112,5 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (DeepLabError, OmegaConfBaseException) as exc:
-        print(f"Error: {user_message(exc)}", file=sys.stderr)
+        print(f"Error: {message_of(exc)}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,4 +1,8 @@
-"""One base class for every error a user can fix; entry points print these without a traceback."""
+"""One base class for every error a user can fix; entry points print these without a traceback.
+
+The bottom of the package: it imports nothing of ours (an import-linter contract in
+``pyproject.toml`` checks it), so every layer can raise these.
+"""
 
 
 class DeepLabError(Exception):
@@ -9,19 +13,19 @@ class ConfigError(DeepLabError, ValueError):
     """A config value or combination of values that cannot work."""
 
 
+class CheckpointError(DeepLabError):
+    """A checkpoint that cannot be read, written or does not fit; the message says why.
+
+    Here, not in ``engine.checkpoint``, because the importers (a lower layer) raise it too."""
+
+
 def user_message(exc: BaseException) -> str:
     """The message to print for ``exc``, without the worker traceback a DataLoader wraps around it.
 
     An error raised in a DataLoader worker comes back as the same class whose message is
     "Caught X in DataLoader worker process N. Original Traceback ..."; its last line holds
-    the original one-paragraph message.
+    the original one-paragraph message. (Config errors are worded by ``entry.message_of``.)
     """
-    from omegaconf.errors import OmegaConfBaseException
-
-    if isinstance(exc, OmegaConfBaseException):  # a config value the task could not read (e.g. ??? left unset)
-        from .entry import one_line
-
-        return one_line(exc)
     text = str(exc)
     if "Original Traceback" not in text:
         return text

@@ -31,8 +31,8 @@ from .engine.logger import TensorBoardLogger, format_table
 from .engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
 from .engine.precision import to_memory_format
 from .engine.prob_cache import ProbabilityCache, file_digest
-from .errors import DeepLabError, user_message
-from .models.importers import import_checkpoint, is_ours
+from .errors import DeepLabError
+from .models.importers import is_ours
 from .models.weights.provenance import Provenance, checkpoint_provenance, imported_provenance
 from .report import save_pictures
 
@@ -137,7 +137,7 @@ def load_with_provenance(cfg: DictConfig, overrides: list[str]) -> tuple[torch.n
         load_weights(model, state["model"], str(cfg.checkpoint))
         return model, train_cfg, provenance
     try:
-        imported = import_checkpoint(state, output_stride=_user_output_stride(overrides))
+        imported = factory.import_any_checkpoint(state, output_stride=_user_output_stride(overrides))
     except CheckpointError as exc:
         raise CheckpointError(f"{cfg.checkpoint}: {exc}") from exc
     stored = OmegaConf.to_container(cfg, resolve=True)
@@ -320,7 +320,7 @@ def hydra_main(cfg: DictConfig) -> float:
         try:
             return float(run_eval(cfg).get("mIoU", float("nan")))
         except (DeepLabError, OmegaConfBaseException) as exc:
-            print(f"{distributed.rank_prefix(info)}Error: {user_message(exc)}", file=sys.stderr)
+            print(f"{distributed.rank_prefix(info)}Error: {entry.message_of(exc)}", file=sys.stderr)
             raise SystemExit(1) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from .data_factory import (  # noqa: F401 - the data half of the factory, re-exp
     validate_dataset,
 )
 from .engine import distributed
+from .engine.checkpoint import load_checkpoint
 from .engine.inference import SlideSpec
 from .engine.losses import LABEL_POLICIES
 from .engine.metrics import compute_metrics
@@ -35,6 +37,7 @@ from .engine.pipeline import EvalSettings, PredictionHook, run_evaluation
 from .engine.precision import check_precision
 from .errors import ConfigError
 from .models.builder import ModelSpec, build_model, build_model_with_provenance, check_spec
+from .models.importers import OURS, CheckpointLayoutError, Imported, Preprocess, import_checkpoint, state_dict_of
 from .models.segmenter import DeepLab
 from .models.weights.provenance import Provenance
 from .postprocess.crf import CRFParams, default_workers, require_pydensecrf
@@ -264,3 +267,44 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu or auto.")
     return device
+
+
+def rebuild_our_checkpoint(obj: dict[str, Any], output_stride: int | None, num_classes: int | None) -> Imported:
+    """Our checkpoint: the model its stored config describes (migrated to today's layout), loaded strictly.
+
+    The config layer's half of :func:`import_any_checkpoint`; the importers know only foreign layouts.
+    """
+    from .config import TrainConfig, migrate_stored_config
+    from .models.builder import backbone_preprocess
+    from .models.importers.base import identity_rules, load_renamed, meta_build
+
+    if not isinstance(obj.get("config"), dict):
+        raise CheckpointLayoutError(f"{OURS} checkpoint without its 'config' entry; cannot rebuild the model")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_stored_config(obj["config"]))
+    except Exception as exc:  # noqa: BLE001 - OmegaConf raises many types for a bad config
+        raise CheckpointLayoutError(f"{OURS} checkpoint has an unusable config ({type(exc).__name__}: {exc})") from exc
+    if num_classes is not None and num_classes != cfg.model.num_classes:
+        raise CheckpointLayoutError(f"checkpoint has {cfg.model.num_classes} classes but num_classes={num_classes}")
+    if output_stride is not None:
+        cfg.model.output_stride = output_stride
+    spec = model_spec(cfg)
+    model = meta_build(lambda: build_model(spec))
+    header = f"{OURS} checkpoint does not fit the model its config describes:"
+    load_renamed(model, state_dict_of(obj), identity_rules(""), header)
+    nodes = [node for node in ("model", "backbone", "head", "scales") if node in cfg]
+    overrides = {node: OmegaConf.to_container(cfg[node], resolve=True) for node in nodes}
+    p = cfg.model.preprocess
+    mean, std = backbone_preprocess(spec.backbone, spec.backbone_args)
+    preprocess = Preprocess.from_config(p.mean or mean, p.std or std, p.bgr)
+    overrides["model"]["preprocess"] = preprocess.as_config()
+    return Imported(model.eval(), OURS, preprocess, overrides, [])
+
+
+def import_any_checkpoint(obj: Any, *, output_stride: int | None = None, num_classes: int | None = None) -> Imported:
+    """Any checkpoint ``import_checkpoint`` knows (ours, torchvision, kazuto1011, VainF), loaded or a path,
+    as our model + its config."""
+    if isinstance(obj, (str, Path)):
+        obj = load_checkpoint(obj)
+    return import_checkpoint(obj, output_stride=output_stride, num_classes=num_classes,
+                             rebuild_ours=rebuild_our_checkpoint)  # fmt: skip

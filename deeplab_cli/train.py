@@ -44,7 +44,6 @@ from .engine.optim import build_optimizer, param_groups, poly_scheduler
 from .engine.precision import grad_scaler, to_memory_format
 from .engine.signals import REQUEUE_SIGNALS, StopOnSignals
 from .errors import DeepLabError, user_message
-from .models.importers import import_checkpoint
 from .models.weights.provenance import Provenance, checkpoint_provenance, init_from_provenance
 from .report import save_pictures
 
@@ -143,7 +142,7 @@ def validate_model(
 
 
 def init_from_checkpoint(cfg: DictConfig) -> tuple[torch.nn.Module, Provenance]:
-    """Start from any checkpoint ``import_checkpoint`` knows (ours, torchvision, kazuto, VainF).
+    """Start from any checkpoint ``factory.import_any_checkpoint`` knows (ours, torchvision, kazuto, VainF).
 
     The file decides the architecture and the input normalisation (``model.preprocess``);
     ``cfg`` is updated in place so that this run's own checkpoints rebuild the same
@@ -153,7 +152,7 @@ def init_from_checkpoint(cfg: DictConfig) -> tuple[torch.nn.Module, Provenance]:
     """
     try:
         state = load_checkpoint(cfg.model.init_from)
-        imported = import_checkpoint(state)
+        imported = factory.import_any_checkpoint(state)
     except CheckpointError as exc:
         raise CheckpointError(f"model.init_from={cfg.model.init_from}: {exc}") from exc
     provenance = init_from_provenance(Path(cfg.model.init_from), state, imported.layout)
@@ -433,7 +432,7 @@ def hydra_main(cfg: DictConfig) -> float:
                 exc.handoff()  # submitit: pickles the job, requeues it and exits
             raise SystemExit(exc.exit_code) from None
         except (DeepLabError, OmegaConfBaseException) as exc:
-            print(f"{distributed.rank_prefix(info)}Error: {user_message(exc)}", file=sys.stderr)
+            print(f"{distributed.rank_prefix(info)}Error: {entry.message_of(exc)}", file=sys.stderr)
             raise SystemExit(1) from None
 
 

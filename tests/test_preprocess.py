@@ -19,7 +19,7 @@ from deeplab_cli import train as train_mod
 from deeplab_cli.config import migrate_stored_config
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine.checkpoint import atomic_save, load_checkpoint
-from deeplab_cli.models.importers import CAFFE_BGR, import_checkpoint
+from deeplab_cli.models.importers import CAFFE_BGR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_voc = needs_shared(VOC_SAMPLE)
@@ -103,7 +103,7 @@ def test_our_xception_checkpoint_predicts_the_same_with_a_dataset_override(
         xception_ckpt, tmp_path / "b", "dataset=voc_aug", f"dataset.root={voc_root}", "eval.split=val",
         "dataset.subset=1",
     )  # fmt: skip
-    model = import_checkpoint(xception_ckpt).model
+    model = factory.import_any_checkpoint(xception_ckpt).model
     x = torch.from_numpy(_rgb(voc_root)).float().permute(2, 0, 1)[None] / 255
     with torch.no_grad():
         logits = model((x - 0.5) / 0.5)["out"]  # [-1, 1], what the weights expect
@@ -167,7 +167,7 @@ def test_checkpoints_from_before_the_move_keep_their_normalisation(xception_ckpt
     assert "mean" not in migrate_stored_config(old)["dataset"]
     legacy = tmp_path / "legacy.pt"
     atomic_save({**state, "config": old}, legacy)
-    imported = import_checkpoint(legacy).preprocess.as_config()
+    imported = factory.import_any_checkpoint(legacy).preprocess.as_config()
     assert imported["mean"] == pytest.approx([0.5] * 3) and imported["std"] == pytest.approx([0.5] * 3)
     cfg = compose_train(["checkpoint=x", "dataset=voc"], config_name="eval")
     merged = eval_mod.merge_overrides(old, cfg, ["checkpoint=x", "dataset=voc"])

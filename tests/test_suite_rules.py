@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from clitools import REPO
 
@@ -23,6 +24,14 @@ def test_only_clitools_builds_paths_into_the_real_data_folder() -> None:
         if re.search(r"""/\s*["']shared["']|["']\.\./shared""", line)
     ]
     assert not offenders, f"use clitools.SHARED/VOC_SAMPLE/VOC_MASKS/CAMVID/REFERENCE and needs_shared: {offenders}"
+
+
+def test_the_import_layering_holds() -> None:
+    """pyproject.toml's import-linter contract: commands > config adapter > engine/deploy/postprocess >
+    models/data > errors (a lower layer never imports a higher one). CI also runs ``lint-imports``."""
+    lint = Path(sys.executable).parent / "lint-imports"  # the dev extra's console script, beside this Python
+    done = subprocess.run([str(lint)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0 and "1 kept, 0 broken" in done.stdout, done.stdout[-3000:]
 
 
 def test_readme_states_how_many_tests_need_the_real_data() -> None:

@@ -16,10 +16,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD  # re-exported: the transforms' default normalisation
 from .palette import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class RandomScale(v2.Transform):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DeepLabError
+from ..errors import CheckpointError, DeepLabError  # noqa: F401 - CheckpointError: raised and re-exported here
 
 FORMAT_VERSION = 1
 
@@ -43,10 +43,6 @@ _PLAIN_DTYPES = (
 _ALLOWED_TEXT = (
     "Only tensors, containers (dict, list, tuple, OrderedDict), numbers, strings and numpy scalars are loaded"
 )
-
-
-class CheckpointError(DeepLabError):
-    """A checkpoint that cannot be read, written or does not fit; the message says why."""
 
 
 class OutputDirError(DeepLabError):

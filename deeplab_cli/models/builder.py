@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .backbones.base import Backbone
 from .backbones.mobilenet import MobileNetV2Backbone
 from .backbones.mobilenet_v3 import MobileNetV3LargeBackbone
@@ -81,7 +82,7 @@ def _build_backbone(spec: ModelSpec, pretrained: bool = False, weights_file: str
     raise ModelConfigError(f"backbone={spec.backbone!r} is unknown; choose one of {', '.join(BACKBONES)}.")
 
 
-IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+IMAGENET_MEAN_STD = (IMAGENET_MEAN, IMAGENET_STD)
 #: Backbones whose ImageNet weights expect inputs in [-1, 1] (TF-slim / timm ports).
 _HALF_MEAN_STD = {"xception65": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])}
 

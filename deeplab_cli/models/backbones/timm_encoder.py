@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
+from ...imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .base import Backbone, FeatureInfo
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,6 @@ def pretrained_preprocess(name: str) -> tuple[list[float], list[float]]:
     mean = getattr(cfg, "mean", None) if cfg is not None else None
     std = getattr(cfg, "std", None) if cfg is not None else None
     if mean is None or std is None:
-        from ...config import IMAGENET_MEAN, IMAGENET_STD
-
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     return [float(v) for v in mean], [float(v) for v in std]
 

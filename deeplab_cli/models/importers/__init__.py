@@ -1,6 +1,7 @@
 """Import DeepLab checkpoints of other projects (and our own) into our architecture, strictly.
 
-One entry point, :func:`import_checkpoint`, for: our checkpoints, torchvision's
+One entry point, :func:`import_checkpoint`, for: our checkpoints (rebuilt from their stored config by
+the config layer, which passes ``rebuild_ours``: ``factory.import_any_checkpoint``), torchvision's
 ``deeplabv3_resnet50/101`` and ``deeplabv3_mobilenet_v3_large``, kazuto1011's
 ``DeepLabV2_ResNet101_MSC`` and VainF's ``deeplabv3[plus]_{resnet50,resnet101,mobilenet}``.
 Each import builds our model so that it computes what the original computes (not only
@@ -10,10 +11,8 @@ the preprocessing the weights expect and the config that rebuilds the model.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from ...errors import ConfigError
 from .base import CAFFE_BGR, IMAGENET_RGB, CheckpointLayoutError, Imported, Layout, Preprocess
@@ -52,50 +51,33 @@ def _class_count(layout: Layout, state: dict[str, Any], num_classes: int | None)
     return found
 
 
-def _import_ours(obj: dict[str, Any], output_stride: int | None, num_classes: int | None) -> Imported:
-    """Rebuild from the stored config (as ``deeplab-eval`` does) and load strictly."""
-    from ...config import TrainConfig, migrate_stored_config
-    from ...factory import model_spec
-    from ..builder import backbone_preprocess, build_model
-    from .base import identity_rules, load_renamed, meta_build
-
-    if not isinstance(obj.get("config"), dict):
-        raise CheckpointLayoutError(f"{OURS} checkpoint without its 'config' entry; cannot rebuild the model")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), migrate_stored_config(obj["config"]))
-    except Exception as exc:  # noqa: BLE001 - OmegaConf raises many types for a bad config
-        raise CheckpointLayoutError(f"{OURS} checkpoint has an unusable config ({type(exc).__name__}: {exc})") from exc
-    if num_classes is not None and num_classes != cfg.model.num_classes:
-        raise CheckpointLayoutError(f"checkpoint has {cfg.model.num_classes} classes but num_classes={num_classes}")
-    if output_stride is not None:
-        cfg.model.output_stride = output_stride
-    spec = model_spec(cfg)
-    model = meta_build(lambda: build_model(spec))
-    header = f"{OURS} checkpoint does not fit the model its config describes:"
-    load_renamed(model, state_dict_of(obj), identity_rules(""), header)
-    nodes = [node for node in ("model", "backbone", "head", "scales") if node in cfg]
-    overrides = {node: OmegaConf.to_container(cfg[node], resolve=True) for node in nodes}
-    p = cfg.model.preprocess
-    mean, std = backbone_preprocess(spec.backbone, spec.backbone_args)
-    preprocess = Preprocess.from_config(p.mean or mean, p.std or std, p.bgr)
-    overrides["model"]["preprocess"] = preprocess.as_config()
-    return Imported(model.eval(), OURS, preprocess, overrides, [])
+#: ``(checkpoint, output_stride, num_classes) -> Imported`` for our own format: it reads the stored config,
+#: which only the config layer may do (``factory.rebuild_our_checkpoint``).
+RebuildOurs = Callable[[dict[str, Any], "int | None", "int | None"], Imported]
 
 
-def import_checkpoint(obj: Any, *, output_stride: int | None = None, num_classes: int | None = None) -> Imported:
-    """Detect the layout of ``obj`` (a loaded checkpoint or a path) and import it into our model.
+def import_checkpoint(
+    obj: Any,
+    *,
+    output_stride: int | None = None,
+    num_classes: int | None = None,
+    rebuild_ours: RebuildOurs | None = None,
+) -> Imported:
+    """Detect the layout of ``obj`` (a loaded checkpoint; ``factory.import_any_checkpoint`` also takes a path)
+    and import it into our model.
 
     ``output_stride`` defaults to the one the weights were trained with (VainF files do
     not record it: 16 is assumed). ``num_classes`` is read from the classifier; passing a
-    different one is an error. The model comes back in eval mode.
+    different one is an error. The model comes back in eval mode. Our own checkpoints
+    need ``rebuild_ours`` (``factory.import_any_checkpoint`` passes it).
     """
-    if isinstance(obj, (str, Path)):
-        from ...engine.checkpoint import load_checkpoint
-
-        obj = load_checkpoint(obj)
     name = detect_layout(obj)
     if name == OURS:
-        return _import_ours(obj, output_stride, num_classes)
+        if rebuild_ours is None:
+            raise CheckpointLayoutError(
+                f"{OURS} checkpoints are rebuilt from their stored config: use factory.import_any_checkpoint"
+            )
+        return rebuild_ours(obj, output_stride, num_classes)
     layout, state = LAYOUTS[name], state_dict_of(obj)
     stride = output_stride or layout.output_strides[0]
     if stride not in layout.output_strides:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...engine.checkpoint import CheckpointError
+from ...errors import CheckpointError
 
 #: How many keys of each kind an error message lists before it only counts them.
 SHOWN = 5
