@@ -90,6 +90,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("model=nope", ["model='nope'", "deeplabv3_resnet101"]),
         ("crop", ["'crop'", "key=value"]),
         ("mode=tensorrt", ["mode='tensorrt'", "train", "onnx"]),
+        ("rounds=0", ["rounds='0'", "an integer >= 1"]),
     ],
 )
 def test_bad_argument_exits_2_naming_the_key(arg: str, named: list[str], capsys: pytest.CaptureFixture[str]) -> None:
