@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeplab_cli.benchmark import main
+from deeplab_cli.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Peak memory and time of whole-image against sliding-window inference; see deeplab_cli/benchmark_slide.py.
+"""Peak memory and time of whole-image against sliding-window inference; see deeplab_cli/tools/benchmark_slide.py.
 
 Thin wrapper so the script works from a checkout without installing the package.
 """
@@ -8,6 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeplab_cli.benchmark_slide import main
+from deeplab_cli.tools.benchmark_slide import main
 
 raise SystemExit(main())

@@ -42,9 +42,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the key-list helpers live with the importer tests
 
-from deeplab_cli import factory  # noqa: E402
-from deeplab_cli.benchmark import _cpu_name, compose, model_presets  # noqa: E402
+from deeplab_cli.config import datasets, models  # noqa: E402
+from deeplab_cli.config.compose import compose  # noqa: E402
 from deeplab_cli.engine.checkpoint import atomic_save  # noqa: E402
+from deeplab_cli.tools.benchmark.report import cpu_name  # noqa: E402
+from deeplab_cli.tools.benchmark.settings import model_presets  # noqa: E402
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "voc_sample" / "VOC2012" / "JPEGImages"
 #: imported layouts: name -> (writer of the file, overrides the user gives with it)
@@ -67,9 +69,9 @@ class Row:
 
 def our_checkpoint(preset: str, path: Path, seed: int) -> tuple[Path, list[str]]:
     cfg = compose([f"model={preset}", "model.pretrained=false"])
-    factory.resolve_preprocess(cfg)
+    datasets.resolve_preprocess(cfg)
     torch.manual_seed(seed)
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     state = {"format": "deeplab-cli", "version": 1, "model": model.state_dict(),
              "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
     atomic_save(state, path)
@@ -150,7 +152,7 @@ def table(rows: list[Row], images: Path, seconds: float) -> str:
 
     lines = [
         f"ONNX export acceptance on {len(list(images.glob('*.jpg')))} images of {os.path.relpath(images, REPO)} "
-        f"({_cpu_name()}, {platform.python_version()}, torch {torch.__version__}, "
+        f"({cpu_name()}, {platform.python_version()}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; seeded random weights; {seconds / 60:.0f} min in all).",
         "",
         "| model | parameters | ONNX MB | export s | max abs logit diff | largest abs logit "

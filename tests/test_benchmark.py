@@ -1,4 +1,4 @@
-"""The throughput benchmark (deeplab_cli.benchmark) on tiny settings: record, ratios, errors, data path."""
+"""deeplab-benchmark (deeplab_cli.tools.benchmark) on tiny settings: record, ratios, errors, data path."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-from hydra_compose import compose_train
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from deeplab_cli import factory
-from deeplab_cli.benchmark import OPTIONS, main, parse_args
+from deeplab_cli.cli.benchmark import main
+from deeplab_cli.config import models
+from deeplab_cli.config.compose import compose as compose_train
+from deeplab_cli.tools.benchmark import subjects
+from deeplab_cli.tools.benchmark.settings import OPTIONS, parse_args
 
 TINY = ["crop=33", "batch=2", "warmup=0", "iters=1", "infer_iters=1", "infer_size=64x48", "threads=1", "rounds=1"]
 REQUIRED = (
@@ -64,7 +66,7 @@ def test_record_has_every_key_and_ratios_are_quotients(r50: tuple[Path, dict[str
 
 def test_params_are_the_models_counts(r50: tuple[Path, dict[str, Any]]) -> None:
     cfg = compose_train(["model=deeplabv3_resnet50", "model.pretrained=false"])
-    ours = sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters())
+    ours = sum(p.numel() for p in models.make_model(cfg, pretrained=False).parameters())
     ref_model = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=21)
     reference = sum(p.numel() for p in ref_model.parameters())
     assert (r50[1]["ours_params"], r50[1]["reference_params"]) == (ours, reference) == (R50_PARAMS, R50_PARAMS)
@@ -102,13 +104,13 @@ def test_bad_argument_exits_2_naming_the_key(arg: str, named: list[str], capsys:
 def test_rounds_alternate_ours_and_the_reference(monkeypatch, tmp_path: Path) -> None:
     """After the first round, each round times ours then the reference, so a drift of the machine's speed
     lands on both; the spread of the per-round ratios says how much one ratio can be trusted."""
-    import deeplab_cli.benchmark as bench
+    import deeplab_cli.tools.benchmark.measure as bench
 
     order: list[str] = []
     speeds = iter([4.0, 2.0, 3.0, 3.0, 2.0, 4.0])  # ours, reference, ours, reference, ...: drifting rates
 
     def fake_round(model, loss, inputs, settings, device):
-        order.append("ours" if loss is bench._our_loss else "reference")
+        order.append("ours" if loss is subjects.our_loss else "reference")
         value = next(speeds)
         return value, value
 
@@ -149,7 +151,7 @@ def test_onnx_mode_times_onnx_runtime_against_the_same_graph_in_pytorch(tmp_path
     assert r["pytorch_images_per_s"] == pytest.approx(2 / r["pytorch_s"])  # infer_iters timed runs
     assert r["max_abs_diff"] < 1e-4 < r["max_abs_output"] and r["label_agreement"] >= 0.9999  # compared before timing
     cfg = compose_train(["model=quickstart", "model.pretrained=false"])
-    assert r["params"] == sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters())
+    assert r["params"] == sum(p.numel() for p in models.make_model(cfg, pretrained=False).parameters())
     assert r["settings"]["infer_size"] == [64, 48] and r["settings"]["onnxruntime"]
     table = out.with_suffix(".md").read_text()
     assert "| quickstart |" in table and "ONNX Runtime (CPU)" in table and "ratio (ONNX Runtime / PyTorch)" in table

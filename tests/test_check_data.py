@@ -87,7 +87,7 @@ def check_args(root: Path, run_dir: Path) -> list[str]:
 def cli_broken(tmp_path_factory, broken) -> tuple[int, str, str, Path]:
     """The checker on the broken copy, run as users run it: (exit status, stdout, stderr, run dir)."""
     run_dir = tmp_path_factory.mktemp("runs") / "broken"
-    cmd = [sys.executable, "-m", "deeplab_cli.check_data", *check_args(broken[0].parent, run_dir)]
+    cmd = [sys.executable, "-m", "deeplab_cli.cli.check_data", *check_args(broken[0].parent, run_dir)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr, run_dir
 
@@ -121,7 +121,7 @@ def test_cli_writes_report_json(cli_broken, broken) -> None:
 @needs_shared(SAMPLE)
 def test_clean_copy_exits_0(tmp_path, monkeypatch, capsys) -> None:
     """The entry point in-process (a second interpreter would pay the torch import again)."""
-    from deeplab_cli import check_data
+    from deeplab_cli.cli import check_data
 
     clean = copy_sample(tmp_path)
     quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # leave pytest's logging alone
@@ -214,18 +214,16 @@ def test_require_clean_names_files_and_command(broken) -> None:
     ],
 )
 def test_dataset_split_is_an_alias_of_splits(overrides: list[str], expected) -> None:
-    from hydra_compose import compose_train
-
-    from deeplab_cli.check_data import requested_splits
+    from deeplab_cli.config.compose import compose as compose_train
+    from deeplab_cli.config.datasets import requested_splits
 
     cfg = compose_train(overrides, config_name="check_data")
     assert requested_splits(cfg) == expected
 
 
 def test_splits_and_dataset_split_that_disagree_is_an_error() -> None:
-    from hydra_compose import compose_train
-
-    from deeplab_cli.check_data import requested_splits
+    from deeplab_cli.config.compose import compose as compose_train
+    from deeplab_cli.config.datasets import requested_splits
     from deeplab_cli.errors import ConfigError
 
     cfg = compose_train(["splits=[train]", "dataset.split=val"], config_name="check_data")

@@ -14,12 +14,13 @@ import torch
 from clitools import VOC_SAMPLE, needs_shared
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra_compose import compose_train
 
-from deeplab_cli import evaluate as eval_mod
-from deeplab_cli import train as train_mod
 from deeplab_cli._paths import config_dir
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import checkpoints
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from deeplab_cli.engine import trainer as trainer_mod
 from deeplab_cli.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +189,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthe
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     train_mod.run_train(_compose(full_dir, common))
 
-    real_step, calls = train_mod.train_step, {"n": 0}
+    real_step, calls = trainer_mod.train_step, {"n": 0}
 
     def ctrl_c_during_step_4(*args, **kwargs):
         calls["n"] += 1
@@ -196,7 +197,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthe
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_step", ctrl_c_during_step_4)
+    monkeypatch.setattr(trainer_mod, "train_step", ctrl_c_during_step_4)
     before = signal.getsignal(signal.SIGINT)  # Python's Ctrl-C handler, or SIG_IGN under `nohup ... &`
     with pytest.raises(train_mod.TrainingInterrupted, match="resume=true") as info:
         train_mod.run_train(_compose(cut_dir, [*common, "trainer.val_interval=5"]))
@@ -204,7 +205,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthe
     assert calls["n"] == 4, "the loop must stop after finishing the interrupted iteration"
     assert load_checkpoint(cut_dir / "checkpoints" / "last.pt")["iteration"] == 4
     assert signal.getsignal(signal.SIGINT) is before, "the run must restore the handler it found"
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    monkeypatch.setattr(trainer_mod, "train_step", real_step)
     train_mod.run_train(_compose(cut_dir, [*common, "resume=true"]))
 
     # resuming a finished run trains nothing and reports the same validation
@@ -230,7 +231,7 @@ def test_eval_override_on_stored_config(trained: Path) -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("eval", overrides=["checkpoint=x", "dataset.root=/elsewhere", "eval.num_workers=0"])
-    merged = eval_mod.merge_overrides(stored, cfg, ["checkpoint=x", "dataset.root=/elsewhere"])
+    merged = checkpoints.merge_overrides(stored, cfg, ["checkpoint=x", "dataset.root=/elsewhere"])
     assert merged.dataset.root == "/elsewhere"
     assert merged.backbone.width_mult == 0.125  # from the checkpoint, not eval.yaml's defaults
     assert merged.head.channels == 16

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 from clitools import EXPERIMENTS, MODEL_PRESETS, REPO, VOC_SAMPLE, cli, needs_shared, tree_digest, voc_copy
-from hydra_compose import compose_train
 
-from deeplab_cli import factory
-from deeplab_cli.benchmark import main as benchmark_main
-from deeplab_cli.models.builder import build_model
+from deeplab_cli.cli.benchmark import main as benchmark_main
+from deeplab_cli.config import checks, datasets, models
+from deeplab_cli.config.compose import compose as compose_train
+from deeplab_cli.models.builder import build_model, check_spec
 from deeplab_cli.models.importers.base import meta_build
 
 DATASETS = sorted(p.stem for p in (REPO / "configs" / "dataset").glob("*.yaml"))
@@ -34,7 +34,12 @@ needs_voc = needs_shared(VOC_SAMPLE)
 def test_every_preset_composes_with_every_dataset_and_command(preset: str, dataset: str, command: str) -> None:
     extra = ["checkpoint=x"] + (["input=x"] if command == "predict" else []) if command != "train" else []
     cfg = compose_train([f"model={preset}", f"dataset={dataset}", *extra], config_name=command)
-    factory.validate(cfg)
+    if command == "train":
+        checks.validate(cfg)
+    else:  # the network and data nodes that override a checkpoint's (eval configs have no training keys)
+        check_spec(models.model_spec(cfg))
+        datasets.validate_dataset(cfg)
+        assert "optim" not in cfg and "loss" not in cfg and set(cfg.trainer) == {"device", "precision", "channels_last"}
     assert cfg.model.name == preset and cfg.dataset.name == dataset
     assert cfg.model.num_classes == cfg.dataset.num_classes == NUM_CLASSES.get(dataset, 21)
 
@@ -43,7 +48,7 @@ def test_every_preset_composes_with_every_dataset_and_command(preset: str, datas
 @pytest.mark.parametrize("config_name", ["check_data", "split"])
 def test_dataset_tools_compose_with_every_dataset_and_fold_keys(dataset: str, config_name: str) -> None:
     """deeplab-check-data and deeplab-split take the same dataset= presets and dataset.folds/fold keys."""
-    from deeplab_cli.check_data import dataset_node
+    from deeplab_cli.config.datasets import dataset_node
 
     cfg = compose_train([f"dataset={dataset}", "dataset.folds=f", "dataset.fold=1"], config_name=config_name)
     node = dataset_node(cfg)
@@ -55,7 +60,7 @@ def test_dataset_tools_compose_with_every_dataset_and_fold_keys(dataset: str, co
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
 def test_every_preset_builds_as_composed(preset: str) -> None:
     cfg = compose_train([f"model={preset}"])
-    model = meta_build(lambda: build_model(factory.model_spec(cfg)))
+    model = meta_build(lambda: build_model(models.model_spec(cfg)))
     assert model.num_classes == 21
 
 
@@ -96,15 +101,15 @@ def test_every_backbone_and_head_option_composes_with_the_default_model(option: 
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
 def test_every_preset_composes_with_a_timm_backbone_and_another_head(preset: str) -> None:
     cfg = compose_train([f"model={preset}", "backbone=timm", "backbone.model=resnet18", "head=aspp_v3"])
-    factory.validate(cfg)
+    checks.validate(cfg)
     assert cfg.model.name == preset and cfg.backbone.model == "resnet18" and cfg.head.name == "aspp_v3"
 
 
 def test_group_override_builds_what_it_names() -> None:
     """The acceptance command: the default (quick-start) model with a timm backbone and the v3+ head."""
     cfg = compose_train(["backbone=timm", "backbone.model=efficientnet_b0", "head=v3plus"])
-    factory.validate(cfg)
-    model = meta_build(lambda: build_model(factory.model_spec(cfg)))
+    checks.validate(cfg)
+    model = meta_build(lambda: build_model(models.model_spec(cfg)))
     assert model.backbone.feature_info["out"].channels == 320 and model.output_stride == 8
     assert cfg.head.channels == 256 and "dilation" not in cfg.head and "width_mult" not in cfg.backbone
 
@@ -114,7 +119,7 @@ def test_group_override_builds_what_it_names() -> None:
 def test_every_experiment_composes_with_dataset_and_model_overrides(experiment: str, dataset: str) -> None:
     for extra in ([], ["model=deeplabv3plus_mobilenet_v2"], ["model.output_stride=16", "trainer.max_iters=1"]):
         cfg = compose_train([f"experiment={experiment}", *([dataset] if dataset else []), *extra])
-        factory.validate(cfg)
+        checks.validate(cfg)
         own = _yaml("experiment", experiment)["trainer"]["max_iters"]  # the recipe's, not the default trainer's
         assert cfg.trainer.max_iters == (1 if "trainer.max_iters=1" in extra else own)
 
@@ -136,6 +141,9 @@ def _one_line(stderr: str) -> str:
         ("deeplab-train", ["optim.lrr=0.1"], ["optim.lrr"]),
         ("deeplab-eval", [], ["checkpoint", "pass checkpoint="]),
         ("deeplab-predict", ["checkpoint=x"], ["input", "pass input="]),
+        ("deeplab-eval", ["checkpoint=x", "optim.lr=0.1"], ["optim.lr", "training setting", "checkpoint's"]),
+        ("deeplab-predict", ["checkpoint=x", "input=x", "trainer.max_iters=3"], ["trainer.max_iters", "training"]),
+        ("deeplab-export", ["checkpoint=x", "resume=true"], ["resume", "training setting"]),
         ("deeplab-check-data", ["dataset=nope"], ["dataset/nope", "voc"]),
     ],
 )

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clitools import CAMVID, needs_shared, require_shared, tree_digest
-from hydra_compose import compose_train
 from PIL import Image
 
-from deeplab_cli import check_data, factory
-from deeplab_cli import evaluate as eval_mod
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import check_data
+from deeplab_cli.cli import evaluate as eval_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import checks, datasets
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.check import check_split
 from deeplab_cli.data.labels import LabelMapping
 from deeplab_cli.data.layout import DatasetError, Layout
@@ -105,7 +106,7 @@ def test_cityscapes_counts_train_eval_and_labelids_export_round_trip(tmp_path: P
     exported = np.array(Image.open(run / "results" / f"{stem}_gtFine_labelIds.png"))
     predicted = np.array(Image.open(run / "predictions" / f"{stem}.png"))
     assert set(np.unique(exported).tolist()) <= {i for i, t in enumerate(CITYSCAPES_TRAIN_ID) if t != 255}
-    cityscapes = factory.label_mapping(compose_train(ds).dataset)
+    cityscapes = datasets.label_mapping(compose_train(ds).dataset)
     assert np.array_equal(cityscapes.apply(exported), predicted)  # labelIds -> train ids gives the prediction back
     assert metrics["export"]["format"] == "labels" and Path(metrics["export"]["archive"]).is_file()
     assert tree_digest(root) == before
@@ -237,21 +238,21 @@ def test_colour_masks_with_color_map(tmp_path: Path) -> None:
     report = _check_report([*GENERIC, f"dataset.root={root}", colour_map], tmp_path / "check")
     assert list(report["labels"]["val"]["pixels"].values()) == [H * W // 4] * 3
     cfg = compose_train([*GENERIC, f"dataset.root={root}", colour_map])
-    assert factory.palette(cfg)[1].tolist() == [255, 0, 0]  # the palette defaults to the mask colours
+    assert datasets.palette(cfg)[1].tolist() == [255, 0, 0]  # the palette defaults to the mask colours
     # a colour the map does not list: one line naming the file and the colour
     short = "dataset.color_map=[[0,0,0],[255,0,0],[0,255,0]]"  # index = class
     cfg = compose_train([*GENERIC, f"dataset.root={root}", short])
     with pytest.raises(
         SampleError, match=r"mask .*d\.png has .* colour\(s\) missing from dataset\.color_map, e\.g\. \(255, 255, 255\)"
     ):
-        factory.make_eval_dataset(cfg)[0]
+        datasets.make_eval_dataset(cfg)[0]
 
 
 def test_unmapped_raw_value_names_the_file_and_the_fix(tmp_path: Path) -> None:
     root = generic_tree(tmp_path / "mine")
     cfg = compose_train([*GENERIC, f"dataset.root={root}"])
     with pytest.raises(SampleError) as info:
-        factory.make_eval_dataset(cfg)[0]
+        datasets.make_eval_dataset(cfg)[0]
     message = str(info.value)
     assert "d.png" in message and "value(s) 9 " in message and "dataset.ignore_values" in message
 
@@ -301,7 +302,7 @@ def test_binary_0_255_masks_keep_their_foreground_with_an_explicit_label_map(tmp
             Image.fromarray(mask, mode="L").save(root / "masks" / split / f"{name}.png")
     binary = ["dataset=folder", "dataset.num_classes=2", "dataset.name=binary", f"dataset.root={root}",
               "dataset.label_map={0: 0, 255: 1}"]  # fmt: skip
-    labels = factory.label_mapping(compose_train(binary).dataset)
+    labels = datasets.label_mapping(compose_train(binary).dataset)
     assert labels.lut()[[0, 1, 255]].tolist() == [0, 255, 1]  # unlisted 1 is ignored, listed 255 is class 1
     layout = Layout(root, "images/{split}", "masks/{split}", ".jpg", ".png", None)
     _, mask, _ = SegmentationDataset(layout, "train", labels)[0]
@@ -335,7 +336,7 @@ def camvid_copy(dest: Path, per_split: int = 3) -> Path:
 
 @needs_shared(CAMVID)
 def test_camvid_frames_check_train_eval_and_predict_in_the_camvid_palette(tmp_path: Path) -> None:
-    from deeplab_cli import predict as predict_mod
+    from deeplab_cli.cli import predict as predict_mod
 
     root = camvid_copy(tmp_path / "camvid")
     ds = ["dataset=camvid", f"dataset.root={root}", "dataset.image_suffix=.jpg"]
@@ -357,7 +358,7 @@ def test_camvid_frames_check_train_eval_and_predict_in_the_camvid_palette(tmp_pa
 
 
 def test_checkpoints_from_before_layouts_read_as_voc() -> None:
-    from deeplab_cli.config import migrate_stored_config
+    from deeplab_cli.config.migrate import migrate_stored_config
 
     assert migrate_stored_config({"dataset": {"name": "voc", "root": "data"}})["dataset"]["family"] == "voc"
     assert migrate_stored_config({"dataset": {"name": "x", "family": "generic"}})["dataset"]["family"] == "generic"
@@ -367,12 +368,12 @@ def test_checkpoints_from_before_layouts_read_as_voc() -> None:
 
 def test_bad_dataset_keys_name_the_key_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"dataset.class_names lists 2 names but dataset.num_classes=11"):
-        factory.validate(compose_train(["dataset=camvid", "dataset.class_names=[a,b]"]))
+        checks.validate(compose_train(["dataset=camvid", "dataset.class_names=[a,b]"]))
     with pytest.raises(ConfigError, match=r"dataset.palette must list one \[R, G, B\] .* including \[1, 2\]"):
-        factory.validate(compose_train(["dataset=folder", "dataset.palette=[[0,0,0],[1,2]]"]))
+        checks.validate(compose_train(["dataset=folder", "dataset.palette=[[0,0,0],[1,2]]"]))
     with pytest.raises(ConfigError, match=r"dataset.color_map\[1\]: \[1, 2\] is not a colour"):
-        factory.validate(compose_train(["dataset=folder", "dataset.color_map=[[0,0,0],[1,2]]"]))
+        checks.validate(compose_train(["dataset=folder", "dataset.color_map=[[0,0,0],[1,2]]"]))
     with pytest.raises(DatasetError, match="dataset.family='nope' is unknown; choose one of voc, cityscapes"):
-        factory.make_eval_dataset(compose_train(["dataset=folder", "dataset.family=nope"]))
+        datasets.make_eval_dataset(compose_train(["dataset=folder", "dataset.family=nope"]))
     with pytest.raises(DatasetError, match=r"dataset.root='.*absent' does not exist\. To get the data, .*SegNet"):
-        factory.make_eval_dataset(compose_train(["dataset=camvid", f"dataset.root={tmp_path / 'absent'}"]))
+        datasets.make_eval_dataset(compose_train(["dataset=camvid", f"dataset.root={tmp_path / 'absent'}"]))

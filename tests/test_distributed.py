@@ -15,14 +15,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from hydra_compose import compose_train
 from PIL import Image
 from torch import nn
 
-from deeplab_cli import factory
+from deeplab_cli.config import datasets, runtime
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.engine import distributed
 from deeplab_cli.engine.checkpoint import load_checkpoint
-from deeplab_cli.engine.loop import train_step
+from deeplab_cli.engine.loop import StepSettings, train_step
 from deeplab_cli.engine.metrics import ConfusionMatrix
 from deeplab_cli.engine.pipeline import EvalSettings
 from deeplab_cli.errors import ConfigError
@@ -56,7 +56,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(nproc: int, *args: str, module: str = "deeplab_cli.train") -> list[str]:
+def _torchrun(nproc: int, *args: str, module: str = "deeplab_cli.cli.train") -> list[str]:
     return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", module, *args]
 
 
@@ -203,21 +203,21 @@ def test_from_env_reads_torchrun_variables(monkeypatch) -> None:
 def test_batch_larger_than_the_split_names_the_key(tmp_path: Path) -> None:
     cfg = compose_train([f"dataset.root={tmp_path}", "dataset.synthetic.num_train=3", "trainer.batch_size=4"])
     with pytest.raises(ConfigError, match=r"trainer.batch_size=4 is larger than the training split 'train' \(3 images"):
-        factory.make_train_loader(cfg, 0)
+        datasets.make_train_loader(cfg, 0)
 
 
 def test_global_batch_must_split_between_processes() -> None:
     cfg = compose_train(["trainer.batch_size=10"])
-    factory.validate_distributed(cfg, 2, torch.device("cpu"))
+    runtime.validate_distributed(cfg, 2, torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"trainer.batch_size=10 .* 4 processes.*multiple of 4"):
-        factory.validate_distributed(cfg, 4, torch.device("cpu"))
+        runtime.validate_distributed(cfg, 4, torch.device("cpu"))
 
 
 def test_sync_bn_on_cpu_is_a_clear_error() -> None:
     cfg = compose_train(["trainer.batch_size=4", "trainer.sync_bn=true"])
-    factory.validate_distributed(cfg, 1, torch.device("cpu"))  # one process: nothing to synchronise
+    runtime.validate_distributed(cfg, 1, torch.device("cpu"))  # one process: nothing to synchronise
     with pytest.raises(ConfigError, match="trainer.sync_bn=true needs one GPU per process"):
-        factory.validate_distributed(cfg, 2, torch.device("cpu"))
+        runtime.validate_distributed(cfg, 2, torch.device("cpu"))
 
 
 def test_sync_bn_keeps_parameters_and_state_dict_keys() -> None:
@@ -255,7 +255,7 @@ def test_gradient_accumulation_defers_the_all_reduce_until_the_last_micro_batch(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batches = [(torch.randn(1, 3, 4, 4), torch.randint(0, 2, (1, 4, 4))) for _ in range(3)]
     seen = []
-    step = train_step(model, batches, opt, sched, "upsample", torch.device("cpu"),
+    step = train_step(model, batches, opt, sched, torch.device("cpu"), StepSettings("upsample"),
                       reduce_loss=lambda t: (seen.append(float(t)), t * 0 + 7.0)[1])  # fmt: skip
     assert model.deferred == [0, 1], "micro-batches 1 and 2 skip the all-reduce, the 3rd performs it"
     assert step.loss == 7.0 and len(seen) == 1, "the reported loss is the all-ranks mean"
@@ -297,10 +297,10 @@ def _ddp_worker(rank: int, store: str, results: str, empty_rank: int) -> None:
         opt, sched = _sgd(model)
         images, labels = _ddp_batch()
         mine = [(images[2 * rank : 2 * rank + 2], labels[2 * rank : 2 * rank + 2])]
-        steps = [train_step(trained, mine, opt, sched, "upsample", torch.device("cpu"),
+        steps = [train_step(trained, mine, opt, sched, torch.device("cpu"), StepSettings("upsample"),
                             reduce_loss=distributed.all_reduce_mean)]  # fmt: skip
         batches = [] if rank == empty_rank else mine  # this rank's samples were all skipped
-        steps.append(train_step(trained, batches, opt, sched, "upsample", torch.device("cpu"),
+        steps.append(train_step(trained, batches, opt, sched, torch.device("cpu"), StepSettings("upsample"),
                                 reduce_loss=distributed.all_reduce_mean))  # fmt: skip
         torch.save({"state": model.state_dict(), "steps": steps}, Path(results, f"rank{rank}.pt"))
     finally:
@@ -317,7 +317,7 @@ def test_ddp_averages_gradients_with_sgd_and_an_empty_rank_skips_the_step_on_eve
     single = _tiny_segmenter()
     opt, sched = _sgd(single)
     images, labels = _ddp_batch()
-    one = train_step(single, [(images, labels)], opt, sched, "upsample", torch.device("cpu"))
+    one = train_step(single, [(images, labels)], opt, sched, torch.device("cpu"), StepSettings("upsample"))
     before = {k: v.clone() for k, v in _tiny_segmenter().state_dict().items()}
     for rank in (0, 1):
         saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
@@ -333,7 +333,7 @@ def test_a_step_without_samples_is_empty_not_a_zero_loss() -> None:
     model = _tiny_segmenter()
     opt, sched = _sgd(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    step = train_step(model, [], opt, sched, "upsample", torch.device("cpu"))
+    step = train_step(model, [], opt, sched, torch.device("cpu"), StepSettings("upsample"))
     assert step.empty and np.isnan(step.loss)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert sched.last_epoch == 1, "the iteration still counts for the LR schedule"
@@ -364,7 +364,9 @@ def test_deeplab_eval_under_torchrun_matches_one_process(tmp_path: Path) -> None
     _succeeds([str(BIN / "deeplab-eval"), f"hydra.run.dir={one_dir}", f"eval.cache_dir={tmp_path / 'cache1'}", *common])
     cwd = tmp_path / "ddp"
     cwd.mkdir()
-    _succeeds(_torchrun(2, f"eval.cache_dir={tmp_path / 'cache2'}", *common, module="deeplab_cli.evaluate"), cwd=cwd)
+    _succeeds(
+        _torchrun(2, f"eval.cache_dir={tmp_path / 'cache2'}", *common, module="deeplab_cli.cli.evaluate"), cwd=cwd
+    )
     (two_dir,) = _run_dirs(cwd)
     m1 = json.loads((one_dir / "metrics.json").read_text())
     m2 = json.loads((two_dir / "metrics.json").read_text())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra_compose import compose_train
 from omegaconf import OmegaConf
 
-from deeplab_cli import factory
 from deeplab_cli._paths import config_dir
-from deeplab_cli.engine.loop import group_micro_batches, train_step
+from deeplab_cli.config import checks, datasets, models
+from deeplab_cli.config.compose import compose as compose_train
+from deeplab_cli.engine.loop import StepSettings, group_micro_batches, train_step
 from deeplab_cli.engine.optim import build_optimizer, param_groups, poly_scheduler
 from deeplab_cli.errors import ConfigError
 from deeplab_cli.models.builder import ModelSpec, build_model
@@ -26,7 +26,9 @@ def _model() -> torch.nn.Module:
 def _step(model, micro_batches) -> None:
     groups = param_groups(model, 0.1, 5e-4, head_lr_mult=10, bias_lr_mult=2)
     optimizer = build_optimizer("sgd", groups, 0.1, momentum=0.9)
-    train_step(model, micro_batches, optimizer, poly_scheduler(optimizer, 10), "nearest", torch.device("cpu"))
+    train_step(
+        model, micro_batches, optimizer, poly_scheduler(optimizer, 10), torch.device("cpu"), StepSettings("nearest")
+    )
 
 
 def test_accumulated_micro_batches_equal_one_big_batch() -> None:
@@ -66,14 +68,14 @@ def _cfg(*overrides: str):
 )
 def test_validate_rejects_impossible_values(override: str, needles: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
-        factory.validate(_cfg(override))
+        checks.validate(_cfg(override))
     for needle in needles:
         assert needle in str(info.value)
 
 
 def test_default_config_is_valid_and_is_the_quickstart() -> None:
     cfg = _cfg()
-    factory.validate(cfg)
+    checks.validate(cfg)
     assert cfg.dataset.name == "synthetic" and cfg.model.name == "quickstart" and cfg.experiment is None
     assert cfg.model.pretrained is False  # the default run must work offline
     assert (cfg.backbone.name, cfg.backbone.width_mult, cfg.head.name, cfg.optim.name) == (
@@ -86,15 +88,15 @@ def test_default_config_is_valid_and_is_the_quickstart() -> None:
 
 def test_voc_experiment_is_the_paper_recipe() -> None:
     cfg = _cfg("experiment=deeplabv1_largefov_voc")
-    factory.validate(cfg)
+    checks.validate(cfg)
     assert cfg.dataset.name == "voc_aug" and cfg.dataset.train_split == "train_aug"
     assert cfg.dataset.mask_dir == "SegmentationClassAug"
     assert cfg.model.pretrained and cfg.optim.name == "sgd"
     assert (cfg.optim.lr, cfg.optim.head_lr_mult, cfg.optim.bias_lr_mult) == (1e-3, 10.0, 2.0)
     assert (cfg.backbone.width_mult, cfg.backbone.batch_norm, cfg.backbone.avg_pool) == (1.0, False, True)
     assert (cfg.head.dilation, cfg.head.channels, cfg.head.dropout) == (12, 1024, 0.5)
-    assert factory.model_spec(cfg).num_classes == 21
-    assert sum(p.numel() for p in factory.make_model(cfg, pretrained=False).parameters()) == 20_505_429
+    assert models.model_spec(cfg).num_classes == 21
+    assert sum(p.numel() for p in models.make_model(cfg, pretrained=False).parameters()) == 20_505_429
 
 
 def test_freeze_bn_keeps_statistics_and_affine_terms() -> None:
@@ -113,7 +115,14 @@ def test_freeze_bn_keeps_statistics_and_affine_terms() -> None:
     assert not any(p is bn.weight for g in groups for p in g["params"])
     optimizer = build_optimizer("sgd", groups, 0.1)
     batch = [(torch.randn(2, 3, 33, 33), torch.randint(0, 5, (2, 33, 33)))]
-    train_step(model, batch, optimizer, poly_scheduler(optimizer, 10), "nearest", torch.device("cpu"), freeze_bn=True)
+    train_step(
+        model,
+        batch,
+        optimizer,
+        poly_scheduler(optimizer, 10),
+        torch.device("cpu"),
+        StepSettings("nearest", freeze_bn=True),
+    )
     for key, value in bn.state_dict().items():
         assert torch.equal(value, before[key]), key
     conv = model.backbone.features.conv1_1.weight
@@ -123,8 +132,8 @@ def test_freeze_bn_keeps_statistics_and_affine_terms() -> None:
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (config_dir() / "experiment").glob("*_voc.yaml")))
 def test_every_voc_experiment_composes_and_validates(experiment: str) -> None:
     cfg = _cfg(f"experiment={experiment}")
-    factory.validate(cfg)
-    spec = factory.model_spec(cfg)
+    checks.validate(cfg)
+    spec = models.model_spec(cfg)
     assert spec.num_classes == cfg.dataset.num_classes
     assert cfg.model.pretrained and cfg.dataset.name == "voc_aug" and cfg.optim.name == "sgd"
     assert cfg.model.name == experiment.removesuffix("_voc")
@@ -132,7 +141,7 @@ def test_every_voc_experiment_composes_and_validates(experiment: str) -> None:
 
 def test_cityscapes_ade20k_and_camvid_recipes() -> None:
     r101 = _cfg("experiment=deeplabv3plus_resnet101_cityscapes")
-    factory.validate(r101)
+    checks.validate(r101)
     assert (r101.dataset.name, r101.dataset.crop_size, r101.dataset.crop_width, r101.trainer.batch_size) == (
         "cityscapes",
         512,
@@ -153,11 +162,11 @@ def test_cityscapes_ade20k_and_camvid_recipes() -> None:
         True,
     )
     x71 = _cfg("experiment=deeplabv3plus_xception71_cityscapes")
-    factory.validate(x71)
+    checks.validate(x71)
     assert (x71.backbone.name, x71.backbone.model, x71.head.separable, x71.dataset.crop_size) == (
         "timm", "xception71", True, 769,
     )  # fmt: skip
-    assert factory.normalisation(x71) == ([0.5] * 3, [0.5] * 3, False)  # timm's TF-ported weights: [-1, 1]
+    assert datasets.normalisation(x71) == ([0.5] * 3, [0.5] * 3, False)  # timm's TF-ported weights: [-1, 1]
     ade = _cfg("experiment=deeplabv3plus_resnet101_ade20k")
     assert (ade.dataset.name, ade.model.num_classes, ade.dataset.reduce_zero_label, ade.trainer.max_iters) == (
         "ade20k",
@@ -167,7 +176,7 @@ def test_cityscapes_ade20k_and_camvid_recipes() -> None:
     )
     assert (ade.dataset.crop_size, ade.trainer.batch_size) == (512, 16)
     cpu = _cfg("experiment=camvid_cpu")
-    factory.validate(cpu)
+    checks.validate(cpu)
     assert (cpu.dataset.name, cpu.model.num_classes, cpu.model.pretrained, cpu.trainer.precision) == (
         "camvid",
         11,
@@ -175,8 +184,8 @@ def test_cityscapes_ade20k_and_camvid_recipes() -> None:
         "bf16",
     )
     tuned = _cfg("experiment=camvid_cpu_pretrained")
-    factory.validate(tuned)
-    factory.resolve_preprocess(tuned)
+    checks.validate(tuned)
+    datasets.resolve_preprocess(tuned)
     assert (tuned.model.name, tuned.backbone.model, tuned.model.pretrained, tuned.trainer.max_iters) == (
         "deeplabv3plus_efficientnet_lite0", "tf_efficientnet_lite0", True, 900,
     )  # fmt: skip

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 from clitools import VOC_SAMPLE, needs_shared
-from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from deeplab_cli import evaluate as eval_mod
-from deeplab_cli import factory
-from deeplab_cli import predict as predict_mod
+from deeplab_cli.cli import evaluate as eval_mod
+from deeplab_cli.cli import predict as predict_mod
+from deeplab_cli.config import checkpoints, models
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.palette import voc_palette
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.transforms import eval_transforms
@@ -88,7 +88,7 @@ def checkpoint(tmp_path_factory, synthetic_root) -> Path:
     """An untrained tiny LargeFOV in our checkpoint format (what deeplab-train writes)."""
     cfg = compose_train([f"dataset.root={synthetic_root}", *TINY])
     torch.manual_seed(0)
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     config = OmegaConf.to_container(cfg, resolve=True)
     atomic_save({"format": "deeplab-cli", "version": 1, "model": model.state_dict(), "config": config}, path)
@@ -137,7 +137,7 @@ def test_multiscale_tta_on_odd_image_sizes(preset: str) -> None:
     if "width_mult" in cfg.backbone:
         cfg.backbone.width_mult = 0.125
     torch.manual_seed(0)
-    model = factory.make_model(cfg, pretrained=False).eval()
+    model = models.make_model(cfg, pretrained=False).eval()
     image = torch.randn(1, 3, 37, 53)
     probs = predict_probabilities(model, image, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
     assert probs.shape == (1, 21, 37, 53)
@@ -314,12 +314,12 @@ def test_trimap_wide_band_equals_plain_miou_and_pictures_are_written(tmp_path: P
 def test_eval_at_output_stride_8_of_a_model_trained_at_16(tmp_path: Path, synthetic_root: Path) -> None:
     cfg = compose_train([f"dataset.root={synthetic_root}", "model=deeplabv3_resnet50", "model.output_stride=16"])
     torch.manual_seed(0)
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     path = tmp_path / "os16.pt"
     config = OmegaConf.to_container(cfg, resolve=True)
     atomic_save({"format": "deeplab-cli", "version": 1, "model": model.state_dict(), "config": config}, path)
     eval_cfg = compose_train([f"checkpoint={path}", "model.output_stride=8"], config_name="eval")
-    rebuilt, train_cfg = eval_mod.load_for_eval(eval_cfg, [f"checkpoint={path}", "model.output_stride=8"])
+    rebuilt, train_cfg = checkpoints.load_for_eval(eval_cfg, [f"checkpoint={path}", "model.output_stride=8"])
     assert train_cfg.model.output_stride == 8
     x = torch.randn(1, 3, 64, 64)
     assert rebuilt.eval()(x)["out"].shape[-1] == 8 and model.eval()(x)["out"].shape[-1] == 4

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 from clitools import VOC_SAMPLE, cli, needs_shared
-from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deeplab_cli import factory, predict
+from deeplab_cli.cli import predict
+from deeplab_cli.cli.export import run_export
+from deeplab_cli.config import datasets, models
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.deploy.exporters import ExportError, onnx_runner, program_runner, read_metadata
 from deeplab_cli.deploy.wrapper import DeployModel
 from deeplab_cli.engine.checkpoint import atomic_save
 from deeplab_cli.errors import DeepLabError
-from deeplab_cli.export import run_export
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="the export extra (onnx, onnxscript, onnxruntime) is not installed")
@@ -31,9 +32,9 @@ TINY_V3PLUS = ["model=quickstart", "head=v3plus", "head.channels=16", "head.low_
 
 def _checkpoint(folder: Path, overrides: list[str], seed: int = 0) -> Path:
     cfg = compose_train(overrides)
-    factory.resolve_preprocess(cfg)
+    datasets.resolve_preprocess(cfg)
     torch.manual_seed(seed)
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     path = folder / "model.pt"
     atomic_save({"format": "deeplab-cli", "version": 1, "model": model.state_dict(),
                  "config": OmegaConf.to_container(cfg, resolve=True)}, path)  # fmt: skip
@@ -68,7 +69,7 @@ def test_onnx_export_matches_pytorch_on_the_real_voc_images(tmp_path: Path, chec
     rgb = np.array(Image.open(VOC_IMAGES / "2007_000033.jpg").convert("RGB"))
     got = onnx_runner(tmp_path / "m.onnx")(rgb.transpose(2, 0, 1)[None].copy())
     cfg = compose_train([*TINY_V3PLUS])
-    model = factory.make_model(cfg, pretrained=False).eval()
+    model = models.make_model(cfg, pretrained=False).eval()
     model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
     x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - torch.tensor(meta["preprocess"]["mean"])[:, None, None]
     x = x / torch.tensor(meta["preprocess"]["std"])[:, None, None]
@@ -109,7 +110,7 @@ def test_torch_export_labels_without_preprocessing(tmp_path: Path, checkpoint: P
 
 @needs_ort
 def test_an_export_that_computes_something_else_is_deleted(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
-    import deeplab_cli.export as export_mod
+    import deeplab_cli.cli.export as export_mod
 
     def wrong(path: Path):
         run = onnx_runner(path)

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from hydra_compose import compose_train
 
-from deeplab_cli import factory
-from deeplab_cli.engine.loop import train_step
+from deeplab_cli.config import checks, models
+from deeplab_cli.config.compose import compose as compose_train
+from deeplab_cli.engine.loop import StepSettings, train_step
 from deeplab_cli.engine.optim import build_optimizer, param_groups, poly_scheduler
 from deeplab_cli.engine.pipeline import EvalSettings, run_evaluation
 from deeplab_cli.engine.precision import grad_scaler, to_memory_format
@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 def _model() -> torch.nn.Module:
     cfg = compose_train(["backbone.width_mult=0.125", "head.channels=16"])  # the quickstart LargeFOV, narrowed
     torch.manual_seed(0)
-    return factory.make_model(cfg, pretrained=False)
+    return models.make_model(cfg, pretrained=False)
 
 
 def _batches(n: int = 3) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -36,7 +36,9 @@ def _losses(model, impl: str = "auto", **step_kwargs) -> tuple[list[float], torc
     groups = param_groups(model, 0.01, 5e-4, 10.0, 2.0, False)
     optimizer = build_optimizer("sgd", groups, 0.01, 0.9, False, impl)
     scheduler = poly_scheduler(optimizer, 10)
-    losses = [train_step(model, b, optimizer, scheduler, "nearest", CPU, **step_kwargs).loss for b in _batches()]
+    scaler = step_kwargs.pop("scaler", None)
+    settings = StepSettings("nearest", **step_kwargs)
+    losses = [train_step(model, b, optimizer, scheduler, CPU, settings, scaler=scaler).loss for b in _batches()]
     return losses, model
 
 
@@ -102,11 +104,11 @@ def test_bf16_channels_last_evaluation_matches_fp32(tmp_path) -> None:
 )
 def test_bad_fast_path_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        factory.validate(compose_train([override]))
+        checks.validate(compose_train([override]))
 
 
 def test_training_run_with_fast_paths_saves_and_resumes(tmp_path) -> None:
-    from deeplab_cli import train as train_mod
+    from deeplab_cli.cli import train as train_mod
     from deeplab_cli.engine.checkpoint import load_checkpoint
 
     overrides = [

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from clitools import cli
-from hydra_compose import compose_train
 
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import checkpoints
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine.checkpoint import CheckpointError, load_checkpoint, load_matching
 
@@ -47,11 +48,11 @@ def root11(tmp_path_factory) -> Path:
 
 def test_new_label_set_loads_every_other_tensor_bit_identically(source: Path, root11: Path, caplog) -> None:
     cfg = compose_train([f"model.init_from={source}", f"dataset.root={root11}", "dataset.num_classes=11", *SMALL])
-    imported, _ = train_mod.init_from_checkpoint(cfg)
+    imported, _ = checkpoints.init_from_checkpoint(cfg)
     assert cfg.model.num_classes == 11 and imported.num_classes == 21
     torch.manual_seed(0)
-    with caplog.at_level(logging.INFO, logger="deeplab_cli.train"):
-        model = train_mod.reheaded(cfg, imported)
+    with caplog.at_level(logging.INFO, logger="deeplab_cli"):
+        model = checkpoints.reheaded(cfg, imported)
     file_state = load_checkpoint(source)["model"]
     for key, value in model.state_dict().items():
         if key in HEAD:
@@ -80,17 +81,17 @@ def test_finetune_21_to_11_classes_trains_and_evaluates(source: Path, root11: Pa
 
 def test_same_label_set_still_loads_the_whole_file(source: Path, root21: Path) -> None:
     cfg = compose_train([f"model.init_from={source}", f"dataset.root={root21}", *SMALL])
-    imported, _ = train_mod.init_from_checkpoint(cfg)
+    imported, _ = checkpoints.init_from_checkpoint(cfg)
     assert imported.num_classes == cfg.model.num_classes == 21
     file_state = load_checkpoint(source)["model"]
     assert all(torch.equal(v, file_state[k]) for k, v in imported.state_dict().items())
 
 
 def test_another_architecture_is_refused_before_anything_is_copied(source: Path) -> None:
-    from deeplab_cli import factory
+    from deeplab_cli.config import models
 
     cfg = compose_train(["model=deeplabv3plus_mobilenet_v2", "model.pretrained=false"])
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match="(?s)another architecture.*missing: backbone"):
         load_matching(model, load_checkpoint(source)["model"], "model.init_from=x")

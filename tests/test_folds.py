@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import yaml
 from clitools import CAMVID, VOC_MASKS, cli, needs_shared
-from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
 
+from deeplab_cli.cli.split import run_split
+from deeplab_cli.config import datasets
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.folds import FoldError, fold_balance, group_images, stratified_folds
 from deeplab_cli.errors import DeepLabError
-from deeplab_cli.split import run_split
-from deeplab_cli.sweep_summary import cross_validation, write_summary
+from deeplab_cli.tools.sweep import cross_validation, write_summary
 
 CAMVID_DATASET = ["dataset=camvid", f"dataset.root={CAMVID}", "dataset.image_suffix=.jpg"]
 SEQUENCE = "'^[^_]+'"  # CamVid ids are <sequence>_<frame>
@@ -152,8 +153,7 @@ def test_camvid_train_and_val_grouped_by_sequence(tmp_path: Path) -> None:
 
 @needs_shared(CAMVID)
 def test_training_on_a_fold_reads_its_lists_from_both_folders(tmp_path: Path) -> None:
-    from deeplab_cli import factory
-    from deeplab_cli.data_factory import check_dataset_lists, validate_dataset
+    from deeplab_cli.config.datasets import check_dataset_lists, validate_dataset
 
     _, out = split(tmp_path, [*CAMVID_DATASET, "splits=[train,val]", "k=3", f"group={SEQUENCE}", f"out={tmp_path}/f"])
     train, val = read_lists(out, 3)
@@ -161,13 +161,13 @@ def test_training_on_a_fold_reads_its_lists_from_both_folders(tmp_path: Path) ->
     cfg = compose_train([*CAMVID_DATASET, f"dataset.folds={out}", f"dataset.fold={fold}", "dataset.num_workers=0"])
     validate_dataset(cfg)
     assert check_dataset_lists(cfg) == []
-    loader = factory.make_train_loader(cfg, 0)
+    loader = datasets.make_train_loader(cfg, 0)
     ds = loader.dataset
     assert ds.ids == [line.split()[0] for line in train[fold]]
     paths = {ds.image_path(i).parent.name for i in range(len(ds))}
     assert paths == {"train", "val"}  # images found in the split folder their line names
     assert {ds.mask_path(i).parent.name for i in range(len(ds))} == {"trainannot", "valannot"}
-    evaluation = factory.make_eval_dataset(cfg)
+    evaluation = datasets.make_eval_dataset(cfg)
     assert evaluation.ids == [line.split()[0] for line in val[fold]]
     image, mask, _ = evaluation[0]
     assert image.shape[-2:] == mask.shape == (360, 480)
@@ -175,7 +175,7 @@ def test_training_on_a_fold_reads_its_lists_from_both_folders(tmp_path: Path) ->
 
 @needs_shared(CAMVID)
 def test_fold_keys_fail_in_one_line(tmp_path: Path) -> None:
-    from deeplab_cli.data_factory import validate_dataset
+    from deeplab_cli.config.datasets import validate_dataset
 
     _, out = split(tmp_path, [*CAMVID_DATASET, "splits=[train,val]", "k=3", f"group={SEQUENCE}", f"out={tmp_path}/f"])
     cases = [

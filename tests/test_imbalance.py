@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clitools import CAMVID, needs_shared
-from hydra_compose import compose_train
 from PIL import Image
 
-from deeplab_cli import factory
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import datasets
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.class_weights import count_labels, weights_from_stats
 from deeplab_cli.data.labels import LabelMapping
 from deeplab_cli.data.layout import Layout
@@ -99,25 +99,25 @@ def test_training_counts_weights_once_into_the_run_dir(tmp_path: Path, monkeypat
     def no_recount(*args, **kwargs):
         raise AssertionError("the cached weights are reused")
 
-    monkeypatch.setattr("deeplab_cli.data_factory.count_labels", no_recount)
+    monkeypatch.setattr("deeplab_cli.config.datasets.count_labels", no_recount)
     cfg = compose_train(args, tmp_path / "run")
-    assert factory.class_weights(cfg, tmp_path / "run") == record["weights"]
+    assert datasets.class_weights(cfg, tmp_path / "run") == record["weights"]
 
 
 def test_bad_loss_settings_name_the_key() -> None:
     with pytest.raises(ConfigError, match="loss.class_weights lists 2 weights"):
-        factory.class_weights(compose_train(["loss.class_weights=[1,2]"]), Path("/nonexistent"))
+        datasets.class_weights(compose_train(["loss.class_weights=[1,2]"]), Path("/nonexistent"))
     with pytest.raises(ConfigError, match="loss.class_weights='median'; choose null, median_frequency"):
-        factory.class_weights(compose_train(["loss.class_weights=median"]), Path("/nonexistent"))
+        datasets.class_weights(compose_train(["loss.class_weights=median"]), Path("/nonexistent"))
     with pytest.raises(ConfigError, match="loss.ohem_thresh=1.5"):
-        factory.loss_spec(compose_train(["loss.ohem_thresh=1.5"]), None)
+        datasets.loss_spec(compose_train(["loss.ohem_thresh=1.5"]), None)
 
 
 @pytest.mark.slow
 def test_class_weights_and_ohem_under_torchrun(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     run = tmp_path / "run"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "deeplab_cli.train", f"hydra.run.dir={run}",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "deeplab_cli.cli.train", f"hydra.run.dir={run}",
            f"dataset.root={tmp_path / 'synthetic'}", *QUICK, "trainer.batch_size=4", "dataset.num_workers=0",
            "loss.class_weights=inverse_frequency", "loss.ohem=true", "loss.ohem_min_kept=100"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", **_env()})

@@ -18,7 +18,7 @@ import torchvision.models.segmentation as tv_seg
 from clitools import REFERENCE, needs_shared
 from torch import Tensor, nn
 
-from deeplab_cli import factory
+from deeplab_cli.config import models
 from deeplab_cli.errors import ConfigError, DeepLabError
 from deeplab_cli.models.builder import ModelSpec, build_model
 from deeplab_cli.models.importers import (
@@ -418,7 +418,7 @@ def test_our_checkpoint_round_trip(tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointLayoutError, match="rebuilt from their stored config"):
         import_checkpoint(torch.load(tmp_path / "a.pt"))  # the importers know foreign layouts; ours needs its config
-    imported = factory.import_any_checkpoint(tmp_path / "a.pt")
+    imported = models.import_any_checkpoint(tmp_path / "a.pt")
     assert imported.layout == "deeplab-cli" and imported.preprocess == IMAGENET_RGB
     assert imported.config_overrides["head"]["channels"] == 32
     assert imported.config_overrides["scales"]["factors"] == [1.0, 0.5]
@@ -431,7 +431,7 @@ def test_our_checkpoint_round_trip(tmp_path: Path) -> None:
         "config": config,
     }
     with pytest.raises(CheckpointLayoutError, match=r"unexpected: extra\.weight"):
-        factory.import_any_checkpoint(broken)
+        models.import_any_checkpoint(broken)
 
 
 def test_preprocess() -> None:

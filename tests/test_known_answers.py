@@ -14,18 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra_compose import compose_train
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from deeplab_cli import evaluate as eval_mod
-from deeplab_cli import factory
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import evaluate as eval_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import datasets, models
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from deeplab_cli.engine import trainer as trainer_mod
 from deeplab_cli.engine.checkpoint import atomic_save, load_checkpoint
 from deeplab_cli.engine.inference import SlideSpec, predict_probabilities
-from deeplab_cli.engine.loop import train_step
+from deeplab_cli.engine.loop import StepSettings, train_step
 from deeplab_cli.engine.losses import LossSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,7 +115,7 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     ensure_synthetic_voc(root, SyntheticSpec(num_train=2, num_val=3))
     cfg = compose_train([f"dataset.root={root}", *TINY])
     torch.manual_seed(0)
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     atomic_save({"format": "deeplab-cli", "version": 1, "model": model.state_dict(),
                  "config": OmegaConf.to_container(cfg, resolve=True)}, path)  # fmt: skip
@@ -137,9 +138,9 @@ def test_eval_options_reach_the_evaluation_and_metrics_match_numpy_on_the_saved_
 
     state = load_checkpoint(ckpt)
     cfg = OmegaConf.create(state["config"])
-    model = factory.make_model(cfg, pretrained=False).eval()
+    model = models.make_model(cfg, pretrained=False).eval()
     model.load_state_dict(state["model"])
-    dataset = factory.make_eval_dataset(cfg)
+    dataset = datasets.make_eval_dataset(cfg)
     classes = cfg.model.num_classes
     matrix, differs = np.zeros((classes, classes), dtype=np.int64), 0
     for i in range(len(dataset)):
@@ -208,7 +209,7 @@ def test_train_step_descends_the_hand_written_weighted_and_mined_loss(weights, o
     spec = LossSpec(weights, ohem is not None, *(ohem or (0.7, 100_000)))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     step = train_step(model, [(images, labels)], opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-                      "upsample", torch.device("cpu"), loss_spec=spec)  # fmt: skip
+                      torch.device("cpu"), StepSettings("upsample", loss=spec))  # fmt: skip
     hand = _hand_loss(reference(images)["out"], labels, weights, ohem)
     if ohem is not None:  # the case names the rule that decides: the threshold, or the minimum kept
         with torch.no_grad():
@@ -226,13 +227,13 @@ def test_train_step_descends_the_hand_written_weighted_and_mined_loss(weights, o
 def test_loss_settings_reach_train_step_from_the_config(tmp_path: Path, monkeypatch) -> None:
     """``loss.class_weights`` and ``loss.ohem*`` as deeplab-train passes them to train_step."""
     seen: list[LossSpec | None] = []
-    real = train_mod.train_step
+    real = trainer_mod.train_step
 
     def spy(*args, **kwargs):
-        seen.append(args[12] if len(args) > 12 else kwargs.get("loss_spec"))
+        seen.append((args[5] if len(args) > 5 else kwargs["settings"]).loss)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_step", spy)
+    monkeypatch.setattr(trainer_mod, "train_step", spy)
     weights = "[" + ",".join(["1.0"] * 20 + ["2.5"]) + "]"
     overrides = [f"dataset.root={tmp_path / 'data'}", *TINY, "trainer.max_iters=1", "trainer.progress=false",
                  "trainer.batch_size=2",
@@ -282,14 +283,15 @@ RESUME = ["trainer.max_iters=6", "trainer.val_interval=6", "trainer.checkpoint_i
 
 KILL_AT_STEP_5 = """
 import os, signal, sys
-from deeplab_cli import train
-real, calls = train.train_step, []
+from deeplab_cli.cli import train
+from deeplab_cli.engine import trainer
+real, calls = trainer.train_step, []
 def step(*args, **kwargs):
     calls.append(1)
     if len(calls) == 5:
         os.kill(os.getpid(), signal.SIGKILL)  # no handler, no finally: as the OOM killer or a lost node does
     return real(*args, **kwargs)
-train.train_step = step
+trainer.train_step = step
 sys.argv = ["deeplab-train", *sys.argv[1:]]
 train.main()
 """
@@ -305,7 +307,7 @@ def test_a_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
 
     data = f"dataset.root={tmp_path / 'data'}"
     train_mod.run_train(compose_train([data, *RESUME], tmp_path / "straight"))
-    real, calls = train_mod.train_step, []
+    real, calls = trainer_mod.train_step, []
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AT_STEP_5, data, *RESUME, f"hydra.run.dir={tmp_path / 'resumed'}"],
         capture_output=True, text=True, timeout=600,
@@ -315,7 +317,7 @@ def test_a_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     at_4 = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert at_4["iteration"] == 4
     calls.clear()
-    monkeypatch.setattr(train_mod, "train_step", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(trainer_mod, "train_step", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     train_mod.run_train(compose_train([data, *RESUME, "resume=true"], tmp_path / "resumed"))
     assert len(calls) == 2, f"the resumed run took {len(calls)} steps, not iterations 5 and 6"
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")

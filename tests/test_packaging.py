@@ -46,14 +46,14 @@ def test_wheel_ships_configs_and_console_scripts(wheel: Path) -> None:
     assert "deeplab_cli/models/weights/catalogue.yaml" in names  # deeplab-weights and every pretrained load read it
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "deeplab-train = deeplab_cli.train:main" in text
-    assert "deeplab-eval = deeplab_cli.evaluate:main" in text
-    assert "deeplab-predict = deeplab_cli.predict:main" in text
-    assert "deeplab-check-data = deeplab_cli.check_data:main" in text
-    assert "deeplab-split = deeplab_cli.split:main" in text
-    assert "deeplab-export = deeplab_cli.export:main" in text
-    assert "deeplab-weights = deeplab_cli.weights:main" in text
-    assert "deeplab-prepare = deeplab_cli.prepare:main" in text
+    assert "deeplab-train = deeplab_cli.cli.train:main" in text
+    assert "deeplab-eval = deeplab_cli.cli.evaluate:main" in text
+    assert "deeplab-predict = deeplab_cli.cli.predict:main" in text
+    assert "deeplab-check-data = deeplab_cli.cli.check_data:main" in text
+    assert "deeplab-split = deeplab_cli.cli.split:main" in text
+    assert "deeplab-export = deeplab_cli.cli.export:main" in text
+    assert "deeplab-weights = deeplab_cli.cli.weights:main" in text
+    assert "deeplab-prepare = deeplab_cli.cli.prepare:main" in text
 
 
 def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_path: Path) -> None:
@@ -62,14 +62,14 @@ def test_installed_wheel_finds_its_configs_from_any_directory(wheel: Path, tmp_p
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(target)}
     proc = subprocess.run(
-        [sys.executable, "-m", "deeplab_cli.train", "--info", "searchpath"],
+        [sys.executable, "-m", "deeplab_cli.cli.train", "--info", "searchpath"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(target / "deeplab_cli" / "configs") in proc.stdout
     assert str(REPO / "configs") not in proc.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "deeplab_cli.weights", "list", "resnet101"],
+        [sys.executable, "-m", "deeplab_cli.cli.weights", "list", "resnet101"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0 and "| torchvision/resnet101.imagenet1k_v1 |" in proc.stdout, proc.stderr[-2000:]
@@ -90,7 +90,7 @@ def test_wheel_users_can_prepare_every_family_the_hints_name(wheel: Path, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(target)}
 
     def prepare(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "deeplab_cli.prepare", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "deeplab_cli.cli.prepare", *args], capture_output=True, text=True,
                               cwd=tmp_path, env=env, timeout=120)  # fmt: skip
 
     for family in ("voc", "cityscapes", "ade20k"):
@@ -99,7 +99,7 @@ def test_wheel_users_can_prepare_every_family_the_hints_name(wheel: Path, tmp_pa
     bad = prepare("camvid")
     assert bad.returncode == 2 and "invalid choice: 'camvid'" in bad.stderr and "Traceback" not in bad.stderr
     missing = subprocess.run(
-        [sys.executable, "-m", "deeplab_cli.train", f"hydra.run.dir={tmp_path / 'run'}", "dataset=cityscapes",
+        [sys.executable, "-m", "deeplab_cli.cli.train", f"hydra.run.dir={tmp_path / 'run'}", "dataset=cityscapes",
          f"dataset.root={tmp_path / 'data'}", "model=quickstart"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
     )  # fmt: skip

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from clitools import REFERENCE, VOC_SAMPLE, needs_shared, tree_digest
-from hydra_compose import compose_train
 from PIL import Image
 
-from deeplab_cli import evaluate as eval_mod
-from deeplab_cli import factory
-from deeplab_cli import train as train_mod
-from deeplab_cli.config import migrate_stored_config
+from deeplab_cli.cli import evaluate as eval_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import checkpoints, datasets, models
+from deeplab_cli.config.compose import compose as compose_train
+from deeplab_cli.config.migrate import migrate_stored_config
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine.checkpoint import atomic_save, load_checkpoint
 from deeplab_cli.models.importers import CAFFE_BGR
@@ -65,7 +65,7 @@ def test_dataset_presets_never_carry_normalisation() -> None:
     for dataset in ("synthetic", "voc", "voc_aug"):
         cfg = compose_train(["model=deeplabv3plus_xception65", f"dataset={dataset}"])
         assert "mean" not in cfg.dataset and "bgr" not in cfg.dataset
-        assert factory.normalisation(cfg) == ([0.5] * 3, [0.5] * 3, False)
+        assert datasets.normalisation(cfg) == ([0.5] * 3, [0.5] * 3, False)
 
 
 def test_normalisation_follows_the_backbone_not_the_preset() -> None:
@@ -84,8 +84,8 @@ def test_normalisation_follows_the_backbone_not_the_preset() -> None:
     for overrides, expected in cases.items():
         cfg = compose_train(list(overrides))
         assert cfg.model.preprocess.std is None
-        assert factory.normalisation(cfg) == expected, overrides
-        factory.resolve_preprocess(cfg)
+        assert datasets.normalisation(cfg) == expected, overrides
+        datasets.resolve_preprocess(cfg)
         assert (list(cfg.model.preprocess.mean), list(cfg.model.preprocess.std)) == expected[:2], overrides
 
 
@@ -103,7 +103,7 @@ def test_our_xception_checkpoint_predicts_the_same_with_a_dataset_override(
         xception_ckpt, tmp_path / "b", "dataset=voc_aug", f"dataset.root={voc_root}", "eval.split=val",
         "dataset.subset=1",
     )  # fmt: skip
-    model = factory.import_any_checkpoint(xception_ckpt).model
+    model = models.import_any_checkpoint(xception_ckpt).model
     x = torch.from_numpy(_rgb(voc_root)).float().permute(2, 0, 1)[None] / 255
     with torch.no_grad():
         logits = model((x - 0.5) / 0.5)["out"]  # [-1, 1], what the weights expect
@@ -133,7 +133,7 @@ def test_group_overrides_keep_the_checkpoints_preprocessing(xception_ckpt: Path)
     stored = load_checkpoint(xception_ckpt)["config"]
     for overrides in (["dataset=voc"], ["dataset=voc_aug", "dataset.root=/x"], ["model=deeplabv3plus_xception65"]):
         cfg = compose_train(["checkpoint=x", *overrides], config_name="eval")
-        merged = eval_mod.merge_overrides(stored, cfg, ["checkpoint=x", *overrides])
+        merged = checkpoints.merge_overrides(stored, cfg, ["checkpoint=x", *overrides])
         assert merged.model.preprocess == MINUS_ONE_TO_ONE, overrides
 
 
@@ -141,8 +141,8 @@ def test_explicit_preprocess_override_is_used_and_logged(xception_ckpt: Path, ca
     stored = load_checkpoint(xception_ckpt)["config"]
     overrides = ["checkpoint=x", "dataset=voc", "model.preprocess.mean=[0.0,0.0,0.0]"]
     cfg = compose_train(overrides, config_name="eval")
-    with caplog.at_level(logging.WARNING, logger="deeplab_cli.evaluate"):
-        merged = eval_mod.merge_overrides(stored, cfg, overrides)
+    with caplog.at_level(logging.WARNING, logger="deeplab_cli"):
+        merged = checkpoints.merge_overrides(stored, cfg, overrides)
     assert list(merged.model.preprocess.mean) == [0.0, 0.0, 0.0] and list(merged.model.preprocess.std) == [0.5] * 3
     assert "differs from the checkpoint's" in caplog.text and "0.5" in caplog.text
 
@@ -154,7 +154,7 @@ def test_explicit_preprocess_override_survives_a_later_group_override(xception_c
     key, group = "model.preprocess.mean=[0.0,0.0,0.0]", "model=deeplabv3plus_xception65"
     for order in ([key, group], [group, key]):
         overrides = ["checkpoint=x", *order]
-        merged = eval_mod.merge_overrides(stored, compose_train(overrides, config_name="eval"), overrides)
+        merged = checkpoints.merge_overrides(stored, compose_train(overrides, config_name="eval"), overrides)
         assert list(merged.model.preprocess.mean) == [0.0, 0.0, 0.0], order
         assert list(merged.model.preprocess.std) == [0.5] * 3, order  # the rest stays the checkpoint's
 
@@ -167,16 +167,16 @@ def test_checkpoints_from_before_the_move_keep_their_normalisation(xception_ckpt
     assert "mean" not in migrate_stored_config(old)["dataset"]
     legacy = tmp_path / "legacy.pt"
     atomic_save({**state, "config": old}, legacy)
-    imported = factory.import_any_checkpoint(legacy).preprocess.as_config()
+    imported = models.import_any_checkpoint(legacy).preprocess.as_config()
     assert imported["mean"] == pytest.approx([0.5] * 3) and imported["std"] == pytest.approx([0.5] * 3)
     cfg = compose_train(["checkpoint=x", "dataset=voc"], config_name="eval")
-    merged = eval_mod.merge_overrides(old, cfg, ["checkpoint=x", "dataset=voc"])
+    merged = checkpoints.merge_overrides(old, cfg, ["checkpoint=x", "dataset=voc"])
     assert merged.model.preprocess == MINUS_ONE_TO_ONE
-    assert factory.normalisation(merged) == ([0.5] * 3, [0.5] * 3, False)
+    assert datasets.normalisation(merged) == ([0.5] * 3, [0.5] * 3, False)
 
 
 def test_init_from_our_checkpoint_carries_its_preprocessing(xception_ckpt: Path, synthetic_root: Path) -> None:
     cfg = compose_train([f"model.init_from={xception_ckpt}", "dataset=voc", f"dataset.root={synthetic_root}"])
     assert cfg.model.preprocess.mean is None  # the default model's (its backbone's), before the file is read
-    train_mod.init_from_checkpoint(cfg)
+    checkpoints.init_from_checkpoint(cfg)
     assert cfg.model.preprocess == MINUS_ONE_TO_ONE and cfg.backbone.name == "xception65"

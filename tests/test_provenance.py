@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from clitools import cli
-from hydra_compose import compose_train
 
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine.checkpoint import load_checkpoint
 from deeplab_cli.models.weights import catalogue

@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra_compose import compose_train
 from PIL import Image
 
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import checkpoints
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.voc import DatasetError
+from deeplab_cli.engine import trainer as trainer_mod
 from deeplab_cli.engine.checkpoint import load_checkpoint
-from deeplab_cli.engine.loop import train_step
+from deeplab_cli.engine.loop import StepSettings, train_step
 from deeplab_cli.engine.optim import poly_scheduler
 from deeplab_cli.errors import ConfigError, user_message
 
@@ -151,7 +153,7 @@ def test_bad_configs_fail_before_weights_or_data(tmp_path: Path, override: str, 
 
 
 def _nan_on_call(n: int, monkeypatch) -> None:
-    real, calls = train_mod.train_step, {"n": 0}
+    real, calls = trainer_mod.train_step, {"n": 0}
 
     def step(model, batch, *args, **kwargs):
         calls["n"] += 1
@@ -159,7 +161,7 @@ def _nan_on_call(n: int, monkeypatch) -> None:
             batch = [(torch.full_like(images, math.nan), labels) for images, labels in batch]
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_step", step)
+    monkeypatch.setattr(trainer_mod, "train_step", step)
 
 
 def test_nan_loss_stops_with_iteration_and_last_finite_loss(tmp_path: Path, monkeypatch) -> None:
@@ -167,7 +169,7 @@ def test_nan_loss_stops_with_iteration_and_last_finite_loss(tmp_path: Path, monk
     _nan_on_call(3, monkeypatch)
     overrides = [f"dataset.root={voc.parent}", *TINY, "trainer.max_iters=6", "trainer.checkpoint_interval=1"]
     cfg = compose_train(overrides, tmp_path / "run")
-    with pytest.raises(train_mod.NonFiniteLoss) as info:
+    with pytest.raises(trainer_mod.NonFiniteLoss) as info:
         train_mod.run_train(cfg)
     message = str(info.value)
     assert message.startswith("iteration 3: loss nan (the last finite loss was ")
@@ -205,7 +207,7 @@ def test_gradient_clipping_bounds_the_update() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     batch = [(torch.randn(2, 3, 8, 8) * 100, torch.randint(0, 4, (2, 8, 8)))]
     scheduler = poly_scheduler(optimizer, 10)
-    step = train_step(model, batch, optimizer, scheduler, "upsample", torch.device("cpu"), grad_clip=0.5)
+    step = train_step(model, batch, optimizer, scheduler, torch.device("cpu"), StepSettings("upsample", grad_clip=0.5))
     assert step.finite and step.grad_norm > 0.5  # the raw norm, before clipping
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert float(moved) == pytest.approx(0.5, rel=1e-4)  # lr 1: the step is exactly the clipped gradient
@@ -311,7 +313,7 @@ def _tiny_checkpoint(tmp_path: Path, voc: Path) -> Path:
 
 
 def test_eval_bad_sample_raises_or_is_skipped(tmp_path: Path) -> None:
-    from deeplab_cli import evaluate as eval_mod
+    from deeplab_cli.cli import evaluate as eval_mod
 
     voc = make_tree(tmp_path / "data", num_train=2, num_val=3)
     checkpoint = _tiny_checkpoint(tmp_path, voc)
@@ -332,14 +334,13 @@ def test_eval_bad_sample_raises_or_is_skipped(tmp_path: Path) -> None:
 
 
 def test_checkpoint_that_disagrees_with_the_config_is_refused(tmp_path: Path) -> None:
-    from deeplab_cli import evaluate as eval_mod
     from deeplab_cli.engine.checkpoint import CheckpointError
 
     voc = make_tree(tmp_path / "data", num_train=2, num_val=2)
     checkpoint = _tiny_checkpoint(tmp_path, voc)
     cfg = compose_train([f"checkpoint={checkpoint}", "head.channels=32"], config_name="eval")
     with pytest.raises(CheckpointError) as info:
-        eval_mod.load_for_eval(cfg, [f"checkpoint={checkpoint}", "head.channels=32"])
+        checkpoints.load_for_eval(cfg, [f"checkpoint={checkpoint}", "head.channels=32"])
     assert str(checkpoint) in str(info.value) and "shape differs" in str(info.value)
     assert "nothing was loaded" in str(info.value)
     # resuming with a different architecture is refused the same way

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra_compose import compose_train
 from PIL import Image
 from torch import nn
 
-from deeplab_cli import evaluate as eval_mod
-from deeplab_cli import factory
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import evaluate as eval_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import evaluation
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine.inference import SlideSpec, predict_probabilities, window_starts
 from deeplab_cli.errors import ConfigError
@@ -106,7 +106,7 @@ def test_small_windows_compose_with_tta_crf_and_the_cache(tiny_ckpt, tmp_path: P
 def test_bad_slide_settings_are_config_errors() -> None:
     cfg = compose_train(["eval.mode=slide", "eval.window=[64,64]", "eval.stride=[80,80]"], config_name="eval")
     with pytest.raises(ConfigError, match=r"eval.stride=\[80, 80\] is larger than eval.window"):
-        factory.eval_settings(cfg.eval, cfg.crf, 21)
+        evaluation.eval_settings(cfg.eval, cfg.crf, 21)
     cfg = compose_train(["eval.mode=tiles"], config_name="eval")
     with pytest.raises(ConfigError, match="eval.mode='tiles'; choose one of whole, slide"):
-        factory.eval_settings(cfg.eval, cfg.crf, 21)
+        evaluation.eval_settings(cfg.eval, cfg.crf, 21)

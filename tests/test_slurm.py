@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra_compose import compose_train
 
-from deeplab_cli import train as train_mod
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.engine import slurm
+from deeplab_cli.engine import trainer as trainer_mod
 from deeplab_cli.engine.checkpoint import load_checkpoint
 from deeplab_cli.engine.signals import EXIT_CODES, StopOnSignals
 
@@ -78,7 +79,7 @@ def test_usr1_in_a_slurm_job_checkpoints_requeues_and_the_requeued_job_resumes(
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     run = tmp_path / "run"
     overrides = [f"dataset.root={synthetic_root}", *TINY, "trainer.max_iters=6"]
-    real_step, seen = train_mod.train_step, {"n": 0}
+    real_step, seen = trainer_mod.train_step, {"n": 0}
 
     def time_limit_warning_at_3(*args, **kwargs):
         seen["n"] += 1
@@ -86,7 +87,7 @@ def test_usr1_in_a_slurm_job_checkpoints_requeues_and_the_requeued_job_resumes(
             os.kill(os.getpid(), signal.SIGUSR1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_step", time_limit_warning_at_3)
+    monkeypatch.setattr(trainer_mod, "train_step", time_limit_warning_at_3)
     with pytest.raises(train_mod.TrainingInterrupted, match="SLURM job 4242 is requeued") as info:
         train_mod.run_train(compose_train(overrides, run))
     assert info.value.exit_code == 138 and info.value.handoff is None
@@ -95,7 +96,7 @@ def test_usr1_in_a_slurm_job_checkpoints_requeues_and_the_requeued_job_resumes(
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 
     # SLURM starts the job again with the same command (resume defaults to false)
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    monkeypatch.setattr(trainer_mod, "train_step", real_step)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     train_mod.run_train(compose_train(overrides, run))
     assert seen["n"] == 3, "iterations 1-3 were not trained again"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from clitools import MODEL_PRESETS, cli
 
-from deeplab_cli.summary import main, parse_input
+from deeplab_cli.cli.summary import main
+from deeplab_cli.tools.flops import parse_input
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,17 +110,17 @@ def test_multiply_adds_equal_the_per_layer_formula(preset: str, size: tuple[int,
     """deeplab-summary's totals, and its backbone/head split, against the convolution formula summed over the
     layers of the real model (a v1 LargeFOV, and a v3+ with depthwise convolutions and a decoder)."""
     import torch
-    from hydra_compose import compose_train
 
-    from deeplab_cli import factory
-    from deeplab_cli.summary import measure
+    from deeplab_cli.config import models
+    from deeplab_cli.config.compose import compose as compose_train
+    from deeplab_cli.tools.flops import measure
 
     cfg = compose_train([f"model={preset}", "model.pretrained=false"])
     torch.manual_seed(0)
-    model = factory.make_model(cfg, pretrained=False)
+    model = models.make_model(cfg, pretrained=False)
     per_layer = _macs_by_formula(model, size)
     with torch.device("meta"):
-        meta = factory.build_model(factory.model_spec(cfg)).eval()
+        meta = models.build_model(models.model_spec(cfg)).eval()
     r = measure(meta, size)
     assert r["gmacs"] * 1e9 == pytest.approx(sum(per_layer.values()), rel=1e-9)
     backbone = sum(n for name, n in per_layer.items() if "backbone" in name.split("."))

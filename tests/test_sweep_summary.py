@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from deeplab_cli.sweep_summary import write_summary
+from deeplab_cli.tools.sweep import write_summary
 
 
 def _job(sweep: Path, num: int, overrides: list[str], miou: float, network: float | None = None) -> None:
@@ -49,10 +49,10 @@ def test_empty_sweep_writes_an_empty_table(tmp_path: Path) -> None:
 
 def test_training_sweep_reports_parameters_multiply_adds_and_speed(tmp_path: Path) -> None:
     """Jobs of ``deeplab-train -m`` carry images/s; the summary rebuilds each model (meta device) to count it."""
-    from hydra_compose import compose_train
     from omegaconf import OmegaConf
 
-    from deeplab_cli.summary import main as summary_main
+    from deeplab_cli.cli.summary import main as summary_main
+    from deeplab_cli.config.compose import compose as compose_train
 
     for num, (backbone, miou, speed) in enumerate([("vgg16", 30.0, 12.5), ("efficientnet_b0", 41.0, 20.25)]):
         _job(tmp_path, num, [f"backbone={backbone}", "trainer.max_iters=10"], miou)

@@ -12,10 +12,10 @@ import pytest
 import timm
 import torch
 from clitools import BIN, REPO, cli
-from hydra_compose import compose_train
 from safetensors.torch import save_file
 
-from deeplab_cli import factory
+from deeplab_cli.config import models
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.models.backbones.timm_encoder import (
     TimmBackbone,
     TimmModelError,
@@ -168,7 +168,7 @@ def test_weights_file_through_the_config(tmp_path: Path) -> None:
     cfg = compose_train(
         ["backbone=timm", "backbone.model=resnet18", "head=v3plus", "model.pretrained=true", f"model.weights={path}"]
     )
-    model = factory.make_model(cfg)
+    model = models.make_model(cfg)
     torch.testing.assert_close(model.backbone.body.conv1.weight, reference.conv1.weight)
     torch.testing.assert_close(model.backbone.body.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
 
@@ -195,13 +195,16 @@ def test_offline_pretrained_names_the_file_to_download(tmp_path: Path) -> None:
 
 
 def test_no_timm_import_for_other_backbones() -> None:
-    code = "import sys; from deeplab_cli import factory, train; assert 'timm' not in sys.modules"
+    code = (
+        "import sys; from deeplab_cli.config import models; from deeplab_cli.cli import train; "
+        "from deeplab_cli.models import registry; registry.backbones(); assert 'timm' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_backbone_list_tool(tmp_path: Path) -> None:
     """``deeplab-backbones``: per model and output stride, works or why not; what the README's list is made of."""
-    from deeplab_cli.backbones_list import main
+    from deeplab_cli.cli.backbones import main
 
     out = tmp_path / "list.md"
     assert main(["efficientnet_b0", "dpn68", "vit_small_patch16_224", "input=128", f"out={out}"]) == 0
@@ -220,7 +223,7 @@ def test_backbone_list_tool(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_backbone_list_bad_option_is_one_line_not_a_traceback(arg: str, says: str) -> None:
     """Defect 5 of issue 22: ``deeplab-backbones input=abc`` printed a ValueError traceback."""
-    done = subprocess.run([sys.executable, "-m", "deeplab_cli.backbones_list", arg], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "deeplab_cli.cli.backbones", arg], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

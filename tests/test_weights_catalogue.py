@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torchvision.models as tvm
-from hydra_compose import compose_train
 
-from deeplab_cli import factory
-from deeplab_cli import weights as weights_cli
 from deeplab_cli._paths import config_dir
+from deeplab_cli.cli import weights as weights_cli
+from deeplab_cli.config import datasets
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.models.importers.base import CAFFE_BGR, IMAGENET_RGB
 from deeplab_cli.models.weights import catalogue
 from deeplab_cli.models.weights.verify import WeightsDownloadError, WeightsHashError, download_verified, sha256_file
@@ -90,7 +90,7 @@ def test_every_pretrained_preset_is_listed_and_fits() -> None:
                 assert entry.fits == {"timm": cfg.backbone.model}, (preset, entry.id)
             else:
                 assert entry.fits["backbone"] == cfg.backbone.name, (preset, entry.id)
-            factory.resolve_preprocess(cfg)  # what the checkpoint will store
+            datasets.resolve_preprocess(cfg)  # what the checkpoint will store
             assert list(cfg.model.preprocess.mean) == pytest.approx(entry.preprocess["mean"]), (preset, entry.id)
             assert list(cfg.model.preprocess.std) == pytest.approx(entry.preprocess["std"]), (preset, entry.id)
 

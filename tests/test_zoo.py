@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra_compose import compose_train
 
-from deeplab_cli import factory
-from deeplab_cli import train as train_mod
 from deeplab_cli._paths import config_dir
+from deeplab_cli.cli import train as train_mod
+from deeplab_cli.config import checks, models
+from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from deeplab_cli.errors import ConfigError
 
 #: Parameter counts for 21 classes. v1/v2/v3 numbers are the papers' layer sizes (and
 #: torchvision's deeplabv3_resnet50/101 without aux); v3+ uses the paper's two 3x3
@@ -62,7 +63,7 @@ def test_every_preset_has_a_parameter_count() -> None:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_parameter_count(preset: str) -> None:
-    model = factory.make_model(_cfg([f"model={preset}"]), pretrained=False)
+    model = models.make_model(_cfg([f"model={preset}"]), pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[preset]
 
 
@@ -70,7 +71,7 @@ def test_parameter_count(preset: str) -> None:
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_logit_size(preset: str, output_stride: int) -> None:
     cfg = _cfg([f"model={preset}", f"model.output_stride={output_stride}"])
-    model = factory.make_model(cfg, pretrained=False).eval()
+    model = models.make_model(cfg, pretrained=False).eval()
     logit_stride = 4 if cfg.head.name == "v3plus" else output_stride
     with torch.no_grad():
         out = model(torch.randn(1, 3, 65, 65))["out"]
@@ -101,5 +102,5 @@ def test_two_iterations_and_evaluation(preset: str, tmp_path: Path, synthetic_ro
 
 @pytest.mark.parametrize("preset", ["deeplabv2_resnet101_msc", "attention_to_scale_vgg16"])
 def test_multi_scale_presets_need_two_scales(preset: str) -> None:
-    with pytest.raises(factory.ConfigError, match=r"scales.factors=\[1.0\]"):
-        factory.validate(_cfg([f"model={preset}", "scales.factors=[1.0]"]))
+    with pytest.raises(ConfigError, match=r"scales.factors=\[1.0\]"):
+        checks.validate(_cfg([f"model={preset}", "scales.factors=[1.0]"]))

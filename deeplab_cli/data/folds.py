@@ -14,7 +14,7 @@ practitioners check, over *groups* of images that must stay together:
    that lowers the squared deviations of each fold's per-class image-count share
    and pixel share from the whole set's, never widening the fold-size range.
 
-No config here: the entry point (``deeplab_cli/split.py``) reads the masks and calls it.
+No config here: the command (``deeplab_cli/cli/split.py``) reads the masks and calls it.
 """
 
 from __future__ import annotations

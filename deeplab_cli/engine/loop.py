@@ -40,20 +40,29 @@ class StepResult:
     empty: bool = False
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How every optimizer step runs: ``trainer.label_policy/freeze_bn/grad_clip/precision/channels_last`` and the
+    ``loss`` node, as values (``config/training.py`` makes them from the config)."""
+
+    label_policy: str
+    freeze_bn: bool = False
+    grad_clip: float | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    loss: LossSpec | None = None
+
+
 def train_step(
     model: nn.Module,
     micro_batches: Iterable[tuple[Tensor, Tensor]],
     optimizer: Optimizer,
     scheduler: LRScheduler,
-    label_policy: str,
     device: torch.device,
-    freeze_bn: bool = False,
-    grad_clip: float | None = None,
-    precision: str = "fp32",
+    settings: StepSettings,
+    *,
     scaler: torch.amp.GradScaler | None = None,
-    channels_last: bool = False,
     reduce_loss: Callable[[Tensor], Tensor] | None = None,
-    loss_spec: LossSpec | None = None,
 ) -> StepResult:
     """One optimizer step over the accumulated micro-batches; returns the mean loss.
 
@@ -71,8 +80,9 @@ def train_step(
     all-reduce while the others wait in the gradient all-reduce (a hang). One collective
     first makes the decision common; the result is ``empty`` with a NaN loss, never a 0.0.
     """
+    s = settings
     model.train()
-    if freeze_bn:
+    if s.freeze_bn:
         freeze_batchnorm(model)
     optimizer.zero_grad(set_to_none=True)
     batches = list(micro_batches)
@@ -82,23 +92,23 @@ def train_step(
     saved = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
     total = torch.zeros((), device=device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    fmt = memory_format(channels_last)
+    fmt = memory_format(s.channels_last)
     no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel (also through torch.compile)
     for k, (images, labels) in enumerate(batches):
         images = images.to(device, non_blocking=True, memory_format=fmt)
         labels = labels.to(device, non_blocking=True)
         defer = no_sync() if no_sync is not None and k < len(batches) - 1 else contextlib.nullcontext()
         with defer:
-            with autocast(device, precision):
-                loss = total_loss(model(images), labels, label_policy, loss_spec) / len(batches)
+            with autocast(device, s.precision):
+                loss = total_loss(model(images), labels, s.label_policy, s.loss) / len(batches)
             scaler.scale(loss).backward()
         total += loss.detach().float()
     value = float(reduce_loss(total) if reduce_loss is not None else total)
     grad_norm = None
-    if grad_clip is not None and math.isfinite(value):
+    if s.grad_clip is not None and math.isfinite(value):
         scaler.unscale_(optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
     finite = math.isfinite(value) and (grad_norm is None or scaler.is_enabled() or math.isfinite(grad_norm))
     if finite:
         scaler.step(optimizer)

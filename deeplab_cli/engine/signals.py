@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-log = logging.getLogger("deeplab_cli.train")
+log = logging.getLogger(__name__)
 
 #: The exit status of a process killed by the signal, which schedulers and shells expect.
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138, signal.SIGUSR2: 140}

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 
-log = logging.getLogger("deeplab_cli.train")
+log = logging.getLogger(__name__)
 
 
 def job_id() -> str | None:

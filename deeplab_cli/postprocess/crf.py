@@ -19,7 +19,7 @@ from types import ModuleType, TracebackType
 import numpy as np
 from PIL import Image
 
-from deeplab_cli.errors import ConfigError, DeepLabError
+from ..errors import ConfigError, DeepLabError
 
 # Probabilities are clipped here before -log(p), as pydensecrf.utils.unary_from_softmax does.
 _PROB_CLIP = 1e-5

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..schema import MISSING
+
 
 @dataclass(frozen=True)
 class FeatureInfo:
@@ -26,3 +28,10 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclass
+class ImportedBackboneConfig:
+    """Backbones that reproduce other projects' computation for imported checkpoints: a name, no options."""
+
+    name: str = MISSING

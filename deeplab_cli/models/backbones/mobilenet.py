@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v2
 
+from ..registry import register_backbone
 from .base import Backbone, FeatureInfo
-from .resnet import check_output_stride
+from .resnet import _torchvision_imagenet, check_output_stride
 
 
 class MobileNetV2Backbone(Backbone):
@@ -44,3 +47,13 @@ class MobileNetV2Backbone(Backbone):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         low = self.low_level(x)
         return {"low_level": low, "out": self.high_level(low)}
+
+
+@dataclass
+class MobileNetV2Config:
+    name: str = "mobilenet_v2"
+
+
+@register_backbone("mobilenet_v2", schema=MobileNetV2Config, load_imagenet=_torchvision_imagenet("mobilenet_v2"))
+def build_mobilenet_v2(output_stride: int) -> MobileNetV2Backbone:
+    return MobileNetV2Backbone(output_stride)

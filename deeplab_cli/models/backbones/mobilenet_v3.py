@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 from torchvision.models import mobilenet_v3_large
 
-from .base import Backbone, FeatureInfo
+from ..registry import register_backbone
+from .base import Backbone, FeatureInfo, ImportedBackboneConfig
 from .resnet import check_output_stride
 
 
@@ -33,3 +34,9 @@ class MobileNetV3LargeBackbone(Backbone):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         low = self.low_level(x)
         return {"low_level": low, "out": self.high_level(low)}
+
+
+# no ImageNet weights of its own: the layout of imported checkpoints
+@register_backbone("mobilenet_v3_large", schema=ImportedBackboneConfig)
+def build_mobilenet_v3_large(output_stride: int) -> MobileNetV3LargeBackbone:
+    return MobileNetV3LargeBackbone(output_stride)

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v2
 
-from .base import Backbone, FeatureInfo
+from ..registry import register_backbone
+from .base import Backbone, FeatureInfo, ImportedBackboneConfig
 from .resnet import check_output_stride
 
 #: MobileNetV2's (expansion, channels, blocks, stride) per stage (Sandler et al., Table 2).
@@ -69,3 +70,9 @@ class VainFMobileNetV2Backbone(Backbone):
             if index == 3:
                 low = x
         return {"low_level": low, "out": x}
+
+
+# no ImageNet weights of its own: the layout of imported checkpoints
+@register_backbone("mobilenet_v2_vainf", schema=ImportedBackboneConfig)
+def build_mobilenet_v2_vainf(output_stride: int) -> VainFMobileNetV2Backbone:
+    return VainFMobileNetV2Backbone(output_stride)

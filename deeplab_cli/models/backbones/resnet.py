@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models import resnet50, resnet101
 
+from ..registry import register_backbone
+from ..schema import MISSING
 from .base import Backbone, FeatureInfo
+
+if TYPE_CHECKING:
+    from ..weights.provenance import Provenance
 
 _FACTORIES = {"resnet50": resnet50, "resnet101": resnet101}
 
@@ -52,3 +59,26 @@ class ResNetBackbone(Backbone):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)
         return {"low_level": low, "out": self.layer4(self.layer3(self.layer2(low)))}
+
+
+@dataclass
+class ResNetConfig:
+    """``backbone=resnet50|resnet101``: the values live in ``configs/backbone/resnet*.yaml``."""
+
+    name: str = MISSING
+    multi_grid: Optional[list[int]] = MISSING
+
+
+def _torchvision_imagenet(depth: str):  # noqa: ANN202 - a loader for the registry
+    def load(model: nn.Module, weights_file: str | None) -> Provenance:
+        from ..pretrained import load_torchvision_imagenet
+
+        return load_torchvision_imagenet(model, depth, weights_file)
+
+    return load
+
+
+for _depth in ("resnet50", "resnet101"):
+    register_backbone(_depth, schema=ResNetConfig, load_imagenet=_torchvision_imagenet(_depth))(
+        lambda output_stride, _d=_depth, **args: ResNetBackbone(_d, output_stride, **args)
+    )

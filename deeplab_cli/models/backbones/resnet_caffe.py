@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..registry import register_backbone
+from .base import ImportedBackboneConfig
 from .resnet import ResNetBackbone
 
 _DEPTHS = {50: "resnet50", 101: "resnet101"}
@@ -31,3 +33,9 @@ class CaffeResNetBackbone(ResNetBackbone):
             if first.conv2.stride != (1, 1):
                 first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
             first.conv2.dilation = first.conv2.padding = stage_dilation
+
+
+for _depth in (50, 101):  # no ImageNet weights of their own: the layouts of imported checkpoints
+    register_backbone(f"resnet{_depth}_caffe", schema=ImportedBackboneConfig)(
+        lambda output_stride, _d=_depth: CaffeResNetBackbone(_d, output_stride)
+    )

@@ -20,7 +20,7 @@ import difflib
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ...imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..registry import register_backbone
+from ..schema import MISSING
 from .base import Backbone, FeatureInfo
 
 log = logging.getLogger(__name__)
@@ -310,3 +312,33 @@ class TimmBackbone(Backbone):
         if self.channels_last_output:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
         return dict(zip(self.names, feats, strict=True))
+
+
+@dataclass
+class TimmBackboneConfig:
+    """``backbone=timm``: any timm model by name (``NAME`` or ``NAME.TAG``), built with ``features_only``."""
+
+    name: str = "timm"
+    model: str = MISSING  # e.g. efficientnet_b0, xception71, convnext_tiny.fb_in22k_ft_in1k
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more timm.create_model arguments (drop_path_rate, ...)
+
+
+def _check(args: dict[str, Any], output_stride: int, needs: tuple[str, ...]) -> None:
+    probe(str(args["model"]), output_stride, dict(args.get("kwargs") or {}), low_level="low_level" in needs)
+
+
+def _build_pretrained(output_stride: int, weights_file: str | None, **args: Any) -> tuple[Backbone, Any]:
+    from ..weights.timm_weights import pretrained_timm_backbone
+
+    return pretrained_timm_backbone(str(args["model"]), output_stride, weights_file, args.get("kwargs"))
+
+
+@register_backbone(
+    "timm",
+    schema=TimmBackboneConfig,
+    preprocess=lambda args: pretrained_preprocess(str(args["model"])),
+    build_pretrained=_build_pretrained,
+    check=_check,
+)
+def build_timm(output_stride: int, **args: Any) -> TimmBackbone:
+    return TimmBackbone(output_stride=output_stride, pretrained=False, **args)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from ..registry import register_backbone
+from ..schema import MISSING
 from .base import Backbone, FeatureInfo
+
+if TYPE_CHECKING:
+    from ..weights.provenance import Provenance
 
 # (block, number of 3x3 convs, output channels, conv dilation, pool stride) at output stride 8
 _BLOCKS = ((1, 2, 64, 1, 2), (2, 2, 128, 1, 2), (3, 3, 256, 1, 2), (4, 3, 512, 1, 1), (5, 3, 512, 2, 1))
@@ -76,3 +83,26 @@ class VGG16DeepLab(Backbone):
             if name == "pool2":
                 low = x
         return {"low_level": low, "out": x}
+
+
+@dataclass
+class VGG16Config:
+    """``backbone=vgg16``: the values live in ``configs/backbone/vgg16*.yaml``."""
+
+    name: str = "vgg16"
+    avg_pool: bool = MISSING
+    batch_norm: bool = MISSING
+    width_mult: float = MISSING
+
+
+def _load_imagenet(model: nn.Module, weights_file: str | None) -> Provenance:
+    """torchvision's VGG16 into the backbone, and its fc6/fc7 (subsampled) into the head's own, if it has them."""
+    from ..pretrained import load_vgg16_imagenet
+
+    prefixes = getattr(model.head, "imagenet_fc_prefixes", lambda: ())()
+    return load_vgg16_imagenet(model, weights_file, tuple(f"head.{p}" for p in prefixes))
+
+
+@register_backbone("vgg16", schema=VGG16Config, load_imagenet=_load_imagenet)
+def build_vgg16(output_stride: int, **args: object) -> VGG16DeepLab:
+    return VGG16DeepLab(**args, output_stride=output_stride)  # type: ignore[arg-type]

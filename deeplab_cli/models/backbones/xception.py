@@ -45,14 +45,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..registry import register_backbone
 from .base import Backbone, FeatureInfo
 from .resnet import check_output_stride
+
+if TYPE_CHECKING:
+    from ..weights.provenance import Provenance
 
 OUTPUT_STRIDES = (8, 16, 32)
 #: Parameters of :class:`Xception65` (any output stride); checked by the tests.
@@ -338,3 +343,34 @@ def load_xception65_weights(model: Xception65, path: str | Path) -> None:
     if wrong:
         raise _error(f"{path}: {len(wrong)} Xception-65 weights have the wrong shape: {'; '.join(wrong[:5])}")
     model.load_state_dict({**own, **state})
+
+
+@dataclass
+class Xception65Config:
+    name: str = "xception65"
+
+
+def _load_imagenet(model: nn.Module, weights_file: str | None) -> Provenance:
+    """timm's Xception-65 file (no torchvision weights exist): the user passes it as ``model.weights``."""
+    from ..weights.catalogue import entries_for_backbone
+    from ..weights.resolve import PretrainedWeightsError, identify
+
+    if not weights_file:
+        raise PretrainedWeightsError(
+            "backbone=xception65 has no torchvision ImageNet weights: download timm's xception65 "
+            f"({TIMM_WEIGHTS_URL}) and pass model.weights=/path/to/pytorch_model.bin, "
+            "or train from scratch with model.pretrained=false."
+        )
+    load_xception65_weights(model.backbone, weights_file)
+    entries = entries_for_backbone("xception65")
+    return identify(Path(weights_file).expanduser(), entries[0] if entries else None, "model.weights")
+
+
+@register_backbone(
+    "xception65",
+    schema=Xception65Config,
+    preprocess=lambda args: ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # the TF-slim / timm weights expect [-1, 1]
+    load_imagenet=_load_imagenet,
+)
+def build_xception65(output_stride: int) -> Xception65:
+    return Xception65(output_stride)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torch.nn import Parameter
+
+from ..registry import HeadInputs, register_head
+from ..schema import MISSING
+from .base import Head
 
 BRANCH_FORMS = ("fc", "conv")
 
@@ -30,7 +35,7 @@ class _FCBranch(nn.Module):
         return self.fc8(self.drop(self.act(self.fc7(x))))
 
 
-class ASPPv2Head(nn.Module):
+class ASPPv2Head(Head):
     """Atrous spatial pyramid pooling of DeepLab v2 (https://arxiv.org/abs/1606.00915, Fig. 4).
 
     ``form="fc"`` is the VGG16 variant: each branch has its own fc6/fc7/fc8 (rates
@@ -66,9 +71,29 @@ class ASPPv2Head(nn.Module):
         for branch in self.branches:
             yield from (branch.fc8.parameters() if self.form == "fc" else branch.parameters())
 
+    def imagenet_fc_prefixes(self) -> tuple[str, ...]:
+        """Where VGG16's converted ImageNet fc6/fc7 go: every branch of the fc form (DeepLab v2), none of conv."""
+        return tuple(f"branches.{i}." for i in range(len(self.branches))) if self.form == "fc" else ()
+
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         x = feats["out"]
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)
         return out
+
+
+@dataclass
+class ASPPv2Config:
+    """``head=aspp_v2``: the values live in ``configs/head/aspp_v2*.yaml``."""
+
+    name: str = "aspp_v2"
+    rates: list[int] = MISSING
+    form: str = MISSING
+    channels: int = MISSING
+    dropout: float = MISSING
+
+
+@register_head("aspp_v2", schema=ASPPv2Config)
+def build_aspp_v2(inputs: HeadInputs, **args: object) -> ASPPv2Head:
+    return ASPPv2Head(inputs.channels(), inputs.num_classes, **args)  # type: ignore[arg-type]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import Parameter
 from torchvision.models.segmentation.deeplabv3 import ASPPConv, ASPPPooling
+
+from ..registry import HeadInputs, register_head
+from ..schema import MISSING
+from .base import Head
 
 
 def separable_conv(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
@@ -63,7 +67,7 @@ def scaled_rates(rates: Sequence[int], output_stride: int) -> list[int]:
     return [r * 16 // output_stride for r in rates]
 
 
-class ASPPv3Head(nn.Module):
+class ASPPv3Head(Head):
     """DeepLab v3 head laid out as torchvision's ``DeepLabHead``: ASPP -> 3x3 conv 256 -> 1x1 classes."""
 
     def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = (6, 12, 18), channels: int = 256):
@@ -72,14 +76,11 @@ class ASPPv3Head(nn.Module):
         self.conv = conv_bn_relu(channels, channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def classifier_parameters(self) -> Iterator[Parameter]:
-        return self.classifier.parameters()
-
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         return self.classifier(self.conv(self.aspp(feats["out"])))
 
 
-class V3PlusHead(nn.Module):
+class V3PlusHead(Head):
     """DeepLab v3+ encoder-decoder (Chen et al., ECCV 2018, https://arxiv.org/abs/1802.02611, Fig. 2).
 
     ASPP on the ``out`` features; the decoder reduces ``low_level`` (stride 4) to 48 ch,
@@ -107,10 +108,42 @@ class V3PlusHead(nn.Module):
         self.decoder = nn.Sequential(*(block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def classifier_parameters(self) -> Iterator[Parameter]:
-        return self.classifier.parameters()
-
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         low = self.reduce(feats["low_level"])
         x = F.interpolate(self.aspp(feats["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.decoder(torch.cat([x, low], dim=1)))
+
+
+@dataclass
+class ASPPv3Config:
+    """``head=aspp_v3``: the values live in ``configs/head/aspp_v3.yaml``."""
+
+    name: str = "aspp_v3"
+    rates: list[int] = MISSING  # at output stride 16; scaled by 16 / model.output_stride
+    channels: int = MISSING
+
+
+@dataclass
+class V3PlusConfig:
+    """``head=v3plus``: the values live in ``configs/head/v3plus*.yaml``."""
+
+    name: str = "v3plus"
+    rates: list[int] = MISSING  # at output stride 16; scaled by 16 / model.output_stride
+    channels: int = MISSING
+    low_level_out: int = MISSING
+    decoder_convs: int = MISSING
+    separable: bool = MISSING
+
+
+def _rates(inputs: HeadInputs, args: dict) -> dict:
+    return {**args, "rates": scaled_rates(args.get("rates", (6, 12, 18)), inputs.output_stride)}
+
+
+@register_head("aspp_v3", schema=ASPPv3Config)
+def build_aspp_v3(inputs: HeadInputs, **args: object) -> ASPPv3Head:
+    return ASPPv3Head(inputs.channels(), inputs.num_classes, **_rates(inputs, args))
+
+
+@register_head("v3plus", schema=V3PlusConfig, needs=("out", "low_level"))
+def build_v3plus(inputs: HeadInputs, **args: object) -> V3PlusHead:
+    return V3PlusHead(inputs.channels(), inputs.channels("low_level"), inputs.num_classes, **_rates(inputs, args))

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torch.nn import Parameter
 
+from ..registry import HeadInputs, register_head
+from ..schema import MISSING
+from .base import Head
 
-class LargeFOVHead(nn.Module):
+
+class LargeFOVHead(Head):
     """fc6 (3x3, dilation 12, 1024) -> fc7 (1x1, 1024) -> fc8 (1x1, classes).
 
     Chen et al., ICLR 2015 (https://arxiv.org/abs/1412.7062), the "DeepLab-LargeFOV"
@@ -58,5 +63,24 @@ class LargeFOVHead(nn.Module):
         """Layers trained from scratch in the recipe (get the head LR multiplier)."""
         return self.fc8.parameters()
 
+    def imagenet_fc_prefixes(self) -> tuple[str, ...]:
+        """Where VGG16's converted ImageNet fc6/fc7 go (relative to the head): its own fc6/fc7."""
+        return ("",)
+
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         return self.classify(self.features(feats["out"]))
+
+
+@dataclass
+class LargeFOVConfig:
+    """``head=largefov``: the values live in ``configs/head/largefov*.yaml``."""
+
+    name: str = "largefov"
+    dilation: int = MISSING
+    channels: int = MISSING
+    dropout: float = MISSING
+
+
+@register_head("largefov", schema=LargeFOVConfig)
+def build_largefov(inputs: HeadInputs, **args: object) -> LargeFOVHead:
+    return LargeFOVHead(inputs.channels(), inputs.num_classes, **args)  # type: ignore[arg-type]

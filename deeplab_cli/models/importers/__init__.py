@@ -15,8 +15,22 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import ConfigError
-from .base import CAFFE_BGR, IMAGENET_RGB, CheckpointLayoutError, Imported, Layout, Preprocess
-from .detect import LAYOUTS, OURS, detect_layout, is_ours, state_dict_of, unknown_layout_error
+from .base import (
+    CAFFE_BGR,
+    IMAGENET_RGB,
+    CheckpointLayoutError,
+    Imported,
+    Layout,
+    Preprocess,
+)
+from .detect import (
+    LAYOUTS,
+    OURS,
+    detect_layout,
+    is_ours,
+    state_dict_of,
+    unknown_layout_error,
+)
 from .kazuto import ScaleFactorMSC
 
 __all__ = [

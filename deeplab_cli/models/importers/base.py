@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import CheckpointError
+from ...imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 #: How many keys of each kind an error message lists before it only counts them.
 SHOWN = 5
@@ -86,7 +87,7 @@ def single_scale() -> dict[str, Any]:
 
 
 #: RGB / 255, ImageNet mean/std: torchvision's and VainF's eval transforms (and ours).
-IMAGENET_RGB = Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), bgr=False, scale=1 / 255)
+IMAGENET_RGB = Preprocess(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), bgr=False, scale=1 / 255)
 #: OpenCV BGR, 0..255, Caffe mean subtraction, no std: kazuto1011's (and DeepLab v2 Caffe's).
 CAFFE_BGR = Preprocess((104.008, 116.669, 122.675), (1.0, 1.0, 1.0), bgr=True, scale=1.0)
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from . import kazuto, torchvision_seg, vainf
 from .base import CheckpointLayoutError, Layout, mismatch_error
 
-#: Our own checkpoints (``deeplab_cli.train`` writes ``{"format": "deeplab-cli", "model": ..., "config": ...}``).
+#: Our own checkpoints (``deeplab-train`` writes ``{"format": "deeplab-cli", "model": ..., "config": ...}``).
 OURS = "deeplab-cli"
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout for layout in (*torchvision_seg.LAYOUTS, kazuto.LAYOUT, *vainf.LAYOUTS)

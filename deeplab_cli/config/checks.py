@@ -1,0 +1,85 @@
+"""Combinations of config values the schema cannot express, checked before any data or weights load.
+
+The dataclasses of :mod:`.schema` give every key a type; these checks cover what a type
+cannot (a crop smaller than the output stride, a multi-scale mode without 1.0), each with
+a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..data.segmentation import ON_ERROR
+from ..engine.losses import LABEL_POLICIES
+from ..engine.optim import impl_kwargs
+from ..engine.precision import check_precision
+from ..engine.trainer import NONFINITE_POLICIES
+from ..errors import ConfigError
+from ..models.builder import check_spec
+from .datasets import validate_dataset
+from .models import model_spec
+
+RESUME_VALUES = ("false", "true", "auto")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Combinations the schema cannot express; checked before any data or weights load."""
+    if cfg.trainer.label_policy not in LABEL_POLICIES:
+        raise ConfigError(f"trainer.label_policy={cfg.trainer.label_policy!r}; choose one of {LABEL_POLICIES}.")
+    if str(cfg.resume).lower() not in RESUME_VALUES:
+        raise ConfigError(f"resume={cfg.resume!r}; choose one of {', '.join(RESUME_VALUES)}.")
+    if cfg.model.num_classes != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} disagrees with dataset.num_classes="
+            f"{cfg.dataset.num_classes} ({cfg.dataset.name}); set both to the number of classes."
+        )
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"model.output_stride={cfg.model.output_stride}; choose one of 8, 16, 32.")
+    _validate_trainer(cfg)
+    _validate_scales(cfg)
+    lo, hi = cfg.dataset.scale_range
+    if not 0 < lo <= hi:
+        raise ConfigError(f"dataset.scale_range={[lo, hi]} must satisfy 0 < low <= high.")
+    validate_dataset(cfg)
+    check_spec(model_spec(cfg))  # a timm model's output stride and stride-4 feature, built on the meta device
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    check_precision(cfg.trainer.precision)
+    impl_kwargs(cfg.optim.impl)
+    for key in ("max_iters", "batch_size", "accumulate", "val_interval", "log_interval", "checkpoint_interval"):
+        if cfg.trainer[key] is not None and cfg.trainer[key] < 1:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]} must be at least 1.")
+    if cfg.trainer.on_nonfinite not in NONFINITE_POLICIES:
+        raise ConfigError(
+            f"trainer.on_nonfinite={cfg.trainer.on_nonfinite!r}; choose one of {', '.join(NONFINITE_POLICIES)}."
+        )
+    if cfg.trainer.grad_clip is not None and not cfg.trainer.grad_clip > 0:
+        raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} must be a positive norm, or null (no clipping).")
+    if cfg.dataset.on_error not in ON_ERROR:
+        raise ConfigError(f"dataset.on_error={cfg.dataset.on_error!r}; choose one of {', '.join(ON_ERROR)}.")
+    if cfg.dataset.crop_width is not None and cfg.dataset.crop_width < cfg.model.output_stride:
+        raise ConfigError(
+            f"dataset.crop_width={cfg.dataset.crop_width} is smaller than model.output_stride="
+            f"{cfg.model.output_stride}; use null (square crops) or at least {cfg.model.output_stride}."
+        )
+    if cfg.dataset.crop_size < cfg.model.output_stride:
+        raise ConfigError(
+            f"dataset.crop_size={cfg.dataset.crop_size} is smaller than model.output_stride="
+            f"{cfg.model.output_stride}: the network's output would be empty. Use a crop of at least "
+            f"{cfg.model.output_stride} (DeepLab uses 321 or 513)."
+        )
+
+
+def _validate_scales(cfg: DictConfig) -> None:
+    modes, fusions = ("single", "msc", "attention"), ("max", "mean")
+    sc = cfg.scales
+    if sc.mode not in modes:
+        raise ConfigError(f"scales.mode={sc.mode!r} is unknown; choose one of {', '.join(modes)}.")
+    if sc.mode != "single" and (len(sc.factors) < 2 or 1.0 not in sc.factors):
+        raise ConfigError(
+            f"scales.mode={sc.mode} needs at least two scale factors including 1.0, got scales.factors="
+            f"{list(sc.factors)}; e.g. scales.factors=[1.0,0.75,0.5], or scales=single."
+        )
+    if sc.fusion not in fusions:
+        raise ConfigError(f"scales.fusion={sc.fusion!r} is unknown; choose one of {', '.join(fusions)}.")
