@@ -16,7 +16,7 @@ class ConfigError(DeepLabError, ValueError):
 class CheckpointError(DeepLabError):
     """A checkpoint that cannot be read, written or does not fit; the message says why.
 
-    Here, not in ``engine.checkpoint``, because the importers (a lower layer) raise it too."""
+    Here, not in ``engine.runtime.checkpoint``, because the importers (a lower layer) raise it too."""
 
 
 def user_message(exc: BaseException) -> str:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the key-list helpers live with the im
 
 from deeplab_cli.config import datasets, models  # noqa: E402
 from deeplab_cli.config.compose import compose  # noqa: E402
-from deeplab_cli.engine.checkpoint import atomic_save  # noqa: E402
+from deeplab_cli.engine.runtime.checkpoint import atomic_save  # noqa: E402
 from deeplab_cli.tools.benchmark.report import cpu_name  # noqa: E402
 from deeplab_cli.tools.benchmark.settings import model_presets  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Prepare ade20k for deeplab-cli; see :mod:`deeplab_cli.data.ade20k` (`--help` for the options).
+"""Prepare ade20k for deeplab-cli; see :mod:`deeplab_cli.data.prepare.ade20k` (`--help` for the options).
 
 Thin wrapper so the script works from a checkout without installing the package.
 """
@@ -8,6 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeplab_cli.data.ade20k import main
+from deeplab_cli.data.prepare.ade20k import main
 
 raise SystemExit(main())

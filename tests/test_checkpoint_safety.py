@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from deeplab_cli.engine import checkpoint
-from deeplab_cli.engine.checkpoint import (
+from deeplab_cli.engine.runtime import checkpoint
+from deeplab_cli.engine.runtime.checkpoint import (
     SAFE_GLOBALS,
     CheckpointError,
     OutputDirError,
@@ -368,7 +368,7 @@ def test_allowlist_is_scoped_to_each_load(tmp_path: Path) -> None:
 
 
 def test_best_is_a_link_to_last_not_a_second_write(tmp_path: Path, monkeypatch) -> None:
-    from deeplab_cli.engine.checkpoint import atomic_link
+    from deeplab_cli.engine.runtime.checkpoint import atomic_link
 
     last, best = tmp_path / "last.pt", tmp_path / "best.pt"
     atomic_save({"iteration": 2, "w": torch.ones(3)}, last)

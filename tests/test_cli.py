@@ -20,8 +20,8 @@ from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config import checkpoints
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine import trainer as trainer_mod
-from deeplab_cli.engine.checkpoint import load_checkpoint
+from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
+from deeplab_cli.engine.train import trainer as trainer_mod
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -219,7 +219,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path: Path, synthe
 
 
 def test_resume_true_without_checkpoint_is_an_error(tmp_path: Path, synthetic_root: Path) -> None:
-    from deeplab_cli.engine.checkpoint import CheckpointError
+    from deeplab_cli.engine.runtime.checkpoint import CheckpointError
 
     cfg = _compose(tmp_path / "run", [f"dataset.root={synthetic_root}", *TINY, "resume=true"])
     with pytest.raises(CheckpointError, match="last.pt"):

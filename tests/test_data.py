@@ -20,7 +20,7 @@ from deeplab_cli.data.segmentation import load_mask
 from deeplab_cli.data.synthetic import MARKER, SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomScale, eval_transforms, train_transforms
 from deeplab_cli.data.voc import read_split, resolve_voc_dir, voc_dataset
-from deeplab_cli.engine.losses import resize_labels, segmentation_loss, total_loss
+from deeplab_cli.engine.train.losses import resize_labels, segmentation_loss, total_loss
 
 VALID_LABELS = set(range(21)) | {255}
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]

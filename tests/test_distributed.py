@@ -20,11 +20,11 @@ from torch import nn
 
 from deeplab_cli.config import datasets, runtime
 from deeplab_cli.config.compose import compose as compose_train
-from deeplab_cli.engine import distributed
-from deeplab_cli.engine.checkpoint import load_checkpoint
-from deeplab_cli.engine.loop import StepSettings, train_step
-from deeplab_cli.engine.metrics import ConfusionMatrix
-from deeplab_cli.engine.pipeline import EvalSettings
+from deeplab_cli.engine.eval.metrics import ConfusionMatrix
+from deeplab_cli.engine.eval.pipeline import EvalSettings
+from deeplab_cli.engine.runtime import distributed
+from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
+from deeplab_cli.engine.train.loop import StepSettings, train_step
 from deeplab_cli.errors import ConfigError
 
 BIN = Path(sys.executable).parent

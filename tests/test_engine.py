@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from deeplab_cli._paths import config_dir
 from deeplab_cli.config import checks, datasets, models
 from deeplab_cli.config.compose import compose as compose_train
-from deeplab_cli.engine.loop import StepSettings, group_micro_batches, train_step
-from deeplab_cli.engine.optim import build_optimizer, param_groups, poly_scheduler
+from deeplab_cli.engine.train.loop import StepSettings, group_micro_batches, train_step
+from deeplab_cli.engine.train.optim import build_optimizer, param_groups, poly_scheduler
 from deeplab_cli.errors import ConfigError
 from deeplab_cli.models.builder import ModelSpec, build_model
 
@@ -108,7 +108,7 @@ def test_freeze_bn_keeps_statistics_and_affine_terms() -> None:
     with torch.no_grad():
         bn.running_mean.uniform_()
     before = {k: v.clone() for k, v in bn.state_dict().items()}
-    from deeplab_cli.engine.loop import freeze_batchnorm
+    from deeplab_cli.engine.train.loop import freeze_batchnorm
 
     freeze_batchnorm(model)
     groups = param_groups(model, 0.1, 5e-4)

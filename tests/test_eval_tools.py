@@ -25,11 +25,11 @@ from deeplab_cli.data.palette import voc_palette
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.transforms import eval_transforms
 from deeplab_cli.data.voc import voc_dataset
-from deeplab_cli.engine.checkpoint import atomic_save
-from deeplab_cli.engine.inference import pad_collate, predict_probabilities, size_sorted_batches
-from deeplab_cli.engine.metrics import compute_metrics
-from deeplab_cli.engine.pipeline import EvalSettings, run_evaluation
-from deeplab_cli.engine.prob_cache import ProbabilityCache
+from deeplab_cli.engine.eval.inference import pad_collate, predict_probabilities, size_sorted_batches
+from deeplab_cli.engine.eval.metrics import compute_metrics
+from deeplab_cli.engine.eval.pipeline import EvalSettings, run_evaluation
+from deeplab_cli.engine.eval.prob_cache import ProbabilityCache
+from deeplab_cli.engine.runtime.checkpoint import atomic_save
 from deeplab_cli.errors import ConfigError
 from deeplab_cli.postprocess.crf import CRFParams
 

@@ -20,7 +20,7 @@ from deeplab_cli.config import datasets, models
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.deploy.exporters import ExportError, onnx_runner, program_runner, read_metadata
 from deeplab_cli.deploy.wrapper import DeployModel
-from deeplab_cli.engine.checkpoint import atomic_save
+from deeplab_cli.engine.runtime.checkpoint import atomic_save
 from deeplab_cli.errors import DeepLabError
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None

@@ -9,10 +9,10 @@ import torch
 
 from deeplab_cli.config import checks, models
 from deeplab_cli.config.compose import compose as compose_train
-from deeplab_cli.engine.loop import StepSettings, train_step
-from deeplab_cli.engine.optim import build_optimizer, param_groups, poly_scheduler
-from deeplab_cli.engine.pipeline import EvalSettings, run_evaluation
-from deeplab_cli.engine.precision import grad_scaler, to_memory_format
+from deeplab_cli.engine.eval.pipeline import EvalSettings, run_evaluation
+from deeplab_cli.engine.runtime.precision import grad_scaler, to_memory_format
+from deeplab_cli.engine.train.loop import StepSettings, train_step
+from deeplab_cli.engine.train.optim import build_optimizer, param_groups, poly_scheduler
 from deeplab_cli.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ def test_bad_fast_path_values_name_the_key(override: str, key: str) -> None:
 
 def test_training_run_with_fast_paths_saves_and_resumes(tmp_path) -> None:
     from deeplab_cli.cli import train as train_mod
-    from deeplab_cli.engine.checkpoint import load_checkpoint
+    from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
 
     overrides = [
         f"dataset.root={tmp_path / 'data'}",

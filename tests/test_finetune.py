@@ -14,7 +14,7 @@ from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config import checkpoints
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine.checkpoint import CheckpointError, load_checkpoint, load_matching
+from deeplab_cli.engine.runtime.checkpoint import CheckpointError, load_checkpoint, load_matching
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = [

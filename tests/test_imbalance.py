@@ -20,7 +20,7 @@ from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.class_weights import count_labels, weights_from_stats
 from deeplab_cli.data.labels import LabelMapping
 from deeplab_cli.data.layout import Layout
-from deeplab_cli.engine.losses import LossSpec, ohem_mask, segmentation_loss
+from deeplab_cli.engine.train.losses import LossSpec, ohem_mask, segmentation_loss
 from deeplab_cli.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

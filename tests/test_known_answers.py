@@ -23,11 +23,11 @@ from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config import datasets, models
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine import trainer as trainer_mod
-from deeplab_cli.engine.checkpoint import atomic_save, load_checkpoint
-from deeplab_cli.engine.inference import SlideSpec, predict_probabilities
-from deeplab_cli.engine.loop import StepSettings, train_step
-from deeplab_cli.engine.losses import LossSpec
+from deeplab_cli.engine.eval.inference import SlideSpec, predict_probabilities
+from deeplab_cli.engine.runtime.checkpoint import atomic_save, load_checkpoint
+from deeplab_cli.engine.train import trainer as trainer_mod
+from deeplab_cli.engine.train.loop import StepSettings, train_step
+from deeplab_cli.engine.train.losses import LossSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IGNORE = 255
@@ -284,7 +284,7 @@ RESUME = ["trainer.max_iters=6", "trainer.val_interval=6", "trainer.checkpoint_i
 KILL_AT_STEP_5 = """
 import os, signal, sys
 from deeplab_cli.cli import train
-from deeplab_cli.engine import trainer
+from deeplab_cli.engine.train import trainer
 real, calls = trainer.train_step, []
 def step(*args, **kwargs):
     calls.append(1)

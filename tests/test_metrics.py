@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from deeplab_cli.data.palette import VOC_CLASSES
-from deeplab_cli.engine.logger import format_table
-from deeplab_cli.engine.metrics import ConfusionMatrix, compute_metrics
+from deeplab_cli.engine.eval.metrics import ConfusionMatrix, compute_metrics
+from deeplab_cli.engine.report.logger import format_table
 
 VOC_MASKS = clitools.VOC_MASKS / "SegmentationClass"
 

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG16_Weights
 
-from deeplab_cli.engine.optim import param_groups, poly_scheduler
+from deeplab_cli.engine.train.optim import param_groups, poly_scheduler
 from deeplab_cli.errors import ConfigError
 from deeplab_cli.models.backbones.vgg import CONV_NAMES, VGG16DeepLab
 from deeplab_cli.models.builder import ModelConfigError, ModelSpec, build_model, build_model_with_provenance

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeplab_cli.engine.losses import total_loss
-from deeplab_cli.engine.optim import param_groups
+from deeplab_cli.engine.train.losses import total_loss
+from deeplab_cli.engine.train.optim import param_groups
 from deeplab_cli.models.builder import ModelSpec, build_model
 from deeplab_cli.models.multiscale import AttentionToScale, MultiScaleInputs, resize, scaled_size
 from deeplab_cli.models.segmenter import DeepLab

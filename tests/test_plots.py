@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deeplab_cli.engine.plots import (
+from deeplab_cli.engine.report.plots import (
     confusion_matrix_figure,
     figure_to_array,
     per_class_iou_figure,
@@ -124,7 +124,7 @@ def test_no_pyplot_needed() -> None:
     """The module must render headless without importing pyplot's global state."""
     code = (
         "import sys\n"
-        "from deeplab_cli.engine import plots\n"
+        "from deeplab_cli.engine.report import plots\n"
         "plots.figure_to_array(plots.confusion_matrix_figure([[1, 0], [0, 1]], ['a', 'b']))\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_cli.data import ade20k, cityscapes
-from deeplab_cli.data.prepare_voc import PrepareError, Resource
+from deeplab_cli.data.prepare import ade20k, cityscapes
+from deeplab_cli.data.prepare.download import PrepareError, Resource
 
 
 def _png(mode: str = "L") -> bytes:

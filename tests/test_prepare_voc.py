@@ -1,4 +1,4 @@
-"""Offline tests for ``deeplab_cli.data.prepare_voc``.
+"""Offline tests for ``deeplab_cli.data.prepare.voc``.
 
 Tiny fake VOC/SBD archives are built in a temp dir and served through a fake
 ``urllib.request.urlopen``, so the full pipeline (download, resume, md5,
@@ -21,7 +21,8 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from deeplab_cli.data import prepare_voc as pv
+from deeplab_cli.data.prepare import download
+from deeplab_cli.data.prepare import voc as pv
 
 VOC_TRAIN = ["2007_000032", "2007_000039"]
 VOC_VAL = ["2007_000033", "2007_000042"]
@@ -176,15 +177,15 @@ def _md5(data: bytes) -> str:
 def server(monkeypatch: pytest.MonkeyPatch, fake: FakeData) -> FakeServer:
     """Point the resource table at fake URLs/md5s and serve them from memory."""
     voc, sbd = pv.RESOURCES["voc"], pv.RESOURCES["sbd"]
-    monkeypatch.setitem(pv.RESOURCES, "voc", pv.Resource(voc.filename, VOC_URL, _md5(fake.voc_tar)))
-    monkeypatch.setitem(pv.RESOURCES, "sbd", pv.Resource(sbd.filename, SBD_URL, _md5(fake.sbd_tgz)))
+    monkeypatch.setitem(pv.RESOURCES, "voc", download.Resource(voc.filename, VOC_URL, _md5(fake.voc_tar)))
+    monkeypatch.setitem(pv.RESOURCES, "sbd", download.Resource(sbd.filename, SBD_URL, _md5(fake.sbd_tgz)))
     srv = FakeServer({VOC_URL: fake.voc_tar, SBD_URL: fake.sbd_tgz})
     monkeypatch.setattr(urllib.request, "urlopen", srv)
     return srv
 
 
-def _resource(data: bytes, name: str = "blob.bin") -> pv.Resource:
-    return pv.Resource(name, f"https://example.invalid/{name}", _md5(data))
+def _resource(data: bytes, name: str = "blob.bin") -> download.Resource:
+    return download.Resource(name, f"https://example.invalid/{name}", _md5(data))
 
 
 # ---------------------------------------------------------------------- tests
@@ -251,9 +252,9 @@ def test_rerun_does_not_download_again(tmp_path: Path, server: FakeServer) -> No
     assert pv.main(["--root", str(root), "--workers", "1"]) == 0  # markers present
     assert len(server.requests) == 2
     # Archives present with the right md5 are verified, not fetched again.
-    downloaded = pv.download(pv.RESOURCES["voc"], tmp_path / "dl")
+    downloaded = download.download(pv.RESOURCES["voc"], tmp_path / "dl")
     assert len(server.requests) == 3
-    assert pv.download(pv.RESOURCES["voc"], tmp_path / "dl") == downloaded
+    assert download.download(pv.RESOURCES["voc"], tmp_path / "dl") == downloaded
     assert len(server.requests) == 3
 
 
@@ -271,10 +272,10 @@ def test_skip_sbd_prepares_voc_only(tmp_path: Path, server: FakeServer) -> None:
 def test_wrong_md5_raises_and_deletes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"x" * 1000
     wrong = "0" * 32
-    resource = pv.Resource("blob.bin", "https://example.invalid/blob.bin", wrong)
+    resource = download.Resource("blob.bin", "https://example.invalid/blob.bin", wrong)
     monkeypatch.setattr(urllib.request, "urlopen", FakeServer({resource.url: data}))
-    with pytest.raises(pv.PrepareError) as info:
-        pv.download(resource, tmp_path)
+    with pytest.raises(download.PrepareError) as info:
+        download.download(resource, tmp_path)
     message = str(info.value)
     assert "blob.bin" in message and wrong in message and _md5(data) in message
     assert not (tmp_path / "blob.bin").exists()
@@ -289,8 +290,8 @@ def test_network_failure_names_url_and_downloads_dir(
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     root = tmp_path / "data"
     resource = pv.RESOURCES["voc"]
-    with pytest.raises(pv.PrepareError) as info:
-        pv.download(resource, root / "downloads")
+    with pytest.raises(download.PrepareError) as info:
+        download.download(resource, root / "downloads")
     message = str(info.value)
     assert resource.url in message
     assert str(root / "downloads" / resource.filename) in message
@@ -306,9 +307,9 @@ def test_resume_sends_range_and_appends(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "blob.bin.part").write_bytes(data[:half])
     srv = FakeServer({resource.url: data})
     monkeypatch.setattr(urllib.request, "urlopen", srv)
-    path = pv.download(resource, tmp_path)
+    path = download.download(resource, tmp_path)
     assert [r.get_header("Range") for r in srv.requests] == [f"bytes={half}-"]
-    assert pv.md5sum(path) == resource.digest
+    assert download.md5sum(path) == resource.digest
     assert not (tmp_path / "blob.bin.part").exists()
 
 
@@ -317,7 +318,7 @@ def test_resume_restarts_when_server_ignores_range(tmp_path: Path, monkeypatch: 
     resource = _resource(data)
     (tmp_path / "blob.bin.part").write_bytes(data[:100])
     monkeypatch.setattr(urllib.request, "urlopen", FakeServer({resource.url: data}, honour_range=False))
-    path = pv.download(resource, tmp_path)
+    path = download.download(resource, tmp_path)
     assert path.read_bytes() == data
 
 
@@ -331,6 +332,6 @@ def test_truncated_response_is_a_network_error(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(urllib.request, "urlopen", short)
     resource = _resource(data)
-    with pytest.raises(pv.PrepareError, match="Could not download"):
-        pv.download(resource, tmp_path)
+    with pytest.raises(download.PrepareError, match="Could not download"):
+        download.download(resource, tmp_path)
     assert (tmp_path / "blob.bin.part").stat().st_size == 200  # kept for resuming

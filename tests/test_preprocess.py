@@ -18,7 +18,7 @@ from deeplab_cli.config import checkpoints, datasets, models
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.config.migrate import migrate_stored_config
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine.checkpoint import atomic_save, load_checkpoint
+from deeplab_cli.engine.runtime.checkpoint import atomic_save, load_checkpoint
 from deeplab_cli.models.importers import CAFFE_BGR
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,7 +17,7 @@ from clitools import cli
 from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine.checkpoint import load_checkpoint
+from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
 from deeplab_cli.models.weights import catalogue
 from deeplab_cli.models.weights.provenance import Provenance, checkpoint_provenance
 from deeplab_cli.models.weights.verify import sha256_file

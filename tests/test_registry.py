@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from deeplab_cli.cli import evaluate as eval_cli
 from deeplab_cli.cli import train as train_cli
-from deeplab_cli.engine.checkpoint import load_checkpoint
+from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
 from deeplab_cli.models import registry
 from deeplab_cli.models.backbones.base import Backbone, FeatureInfo
 from deeplab_cli.models.builder import ModelSpec, build_model, check_spec

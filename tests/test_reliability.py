@@ -22,10 +22,10 @@ from deeplab_cli.config import checkpoints
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from deeplab_cli.data.voc import DatasetError
-from deeplab_cli.engine import trainer as trainer_mod
-from deeplab_cli.engine.checkpoint import load_checkpoint
-from deeplab_cli.engine.loop import StepSettings, train_step
-from deeplab_cli.engine.optim import poly_scheduler
+from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
+from deeplab_cli.engine.train import trainer as trainer_mod
+from deeplab_cli.engine.train.loop import StepSettings, train_step
+from deeplab_cli.engine.train.optim import poly_scheduler
 from deeplab_cli.errors import ConfigError, user_message
 
 BIN = Path(sys.executable).parent
@@ -334,7 +334,7 @@ def test_eval_bad_sample_raises_or_is_skipped(tmp_path: Path) -> None:
 
 
 def test_checkpoint_that_disagrees_with_the_config_is_refused(tmp_path: Path) -> None:
-    from deeplab_cli.engine.checkpoint import CheckpointError
+    from deeplab_cli.engine.runtime.checkpoint import CheckpointError
 
     voc = make_tree(tmp_path / "data", num_train=2, num_val=2)
     checkpoint = _tiny_checkpoint(tmp_path, voc)

@@ -17,7 +17,7 @@ from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config import evaluation
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine.inference import SlideSpec, predict_probabilities, window_starts
+from deeplab_cli.engine.eval.inference import SlideSpec, predict_probabilities, window_starts
 from deeplab_cli.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

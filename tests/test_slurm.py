@@ -15,10 +15,10 @@ import pytest
 from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config.compose import compose as compose_train
 from deeplab_cli.data.synthetic import SyntheticSpec, ensure_synthetic_voc
-from deeplab_cli.engine import slurm
-from deeplab_cli.engine import trainer as trainer_mod
-from deeplab_cli.engine.checkpoint import load_checkpoint
-from deeplab_cli.engine.signals import EXIT_CODES, StopOnSignals
+from deeplab_cli.engine.runtime import slurm
+from deeplab_cli.engine.runtime.checkpoint import load_checkpoint
+from deeplab_cli.engine.runtime.signals import EXIT_CODES, StopOnSignals
+from deeplab_cli.engine.train import trainer as trainer_mod
 
 BIN = Path(sys.executable).parent
 TINY = [

@@ -9,8 +9,8 @@ import pytest
 import torch
 from clitools import VOC_MASKS, needs_shared
 
-from deeplab_cli.engine.metrics import ConfusionMatrix, compute_metrics
-from deeplab_cli.engine.trimap import TrimapMeter, boundary_distance
+from deeplab_cli.engine.eval.metrics import ConfusionMatrix, compute_metrics
+from deeplab_cli.engine.eval.trimap import TrimapMeter, boundary_distance
 
 MASKS = VOC_MASKS / "SegmentationClass"
 NAMES3 = ("a", "b", "c")

@@ -127,10 +127,13 @@ def run(hydra_main: Callable[[], object]) -> None:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Inside a ``@hydra.main`` body: our errors and bad config values print one line and exit 1."""
+def user_errors(prefix: str = "") -> Iterator[None]:
+    """Inside a ``@hydra.main`` body: our errors and bad config values print one line and exit 1.
+
+    ``prefix`` names the process under torchrun (``[rank 1] ``), where every rank reports its own error.
+    """
     try:
         yield
     except (DeepLabError, OmegaConfBaseException) as exc:
-        print(f"Error: {message_of(exc)}", file=sys.stderr)
+        print(f"{prefix}Error: {message_of(exc)}", file=sys.stderr)
         raise SystemExit(1) from None

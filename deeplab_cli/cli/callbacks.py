@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ..engine.checkpoint import OutputDirError, check_writable
+from ..engine.runtime.checkpoint import OutputDirError, check_writable
 from ..tools.sweep import cross_validation, plus_minus, write_summary
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -14,7 +13,6 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from .._paths import config_dir
 from ..config import datasets, evaluation, runtime
@@ -22,13 +20,12 @@ from ..config.checkpoints import load_with_provenance
 from ..data import results
 from ..data.palette import voc_colormap
 from ..data.segmentation import skipped_samples
-from ..engine import distributed
-from ..engine.logger import TensorBoardLogger, format_table
-from ..engine.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
-from ..engine.precision import to_memory_format
-from ..engine.prob_cache import ProbabilityCache, file_digest
-from ..engine.report import save_pictures
-from ..errors import DeepLabError
+from ..engine.eval.pipeline import EvalResult, EvalSettings, PredictionHook, run_evaluation
+from ..engine.eval.prob_cache import ProbabilityCache, file_digest
+from ..engine.report.logger import TensorBoardLogger, format_table
+from ..engine.report.pictures import save_pictures
+from ..engine.runtime import distributed
+from ..engine.runtime.precision import to_memory_format
 from . import _hydra
 
 log = logging.getLogger(__name__)
@@ -217,12 +214,8 @@ def _pictures(run_dir: Path, result: EvalResult, train_cfg: DictConfig, metrics:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def hydra_main(cfg: DictConfig) -> float:
-    with distributed.session() as info:
-        try:
-            return float(run_eval(cfg).get("mIoU", float("nan")))
-        except (DeepLabError, OmegaConfBaseException) as exc:
-            print(f"{distributed.rank_prefix(info)}Error: {_hydra.message_of(exc)}", file=sys.stderr)
-            raise SystemExit(1) from None
+    with distributed.session() as info, _hydra.user_errors(distributed.rank_prefix(info)):
+        return float(run_eval(cfg).get("mIoU", float("nan")))
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ from ..data.images import ImageFiles, resolve_inputs
 from ..data.results import save_prediction
 from ..data.transforms import eval_transforms
 from ..deploy.predict_exported import EXPORTED_SUFFIXES, check_plain, predict_exported
-from ..engine.logger import colorize
-from ..engine.pipeline import PredictionHook, run_evaluation
-from ..engine.precision import to_memory_format
+from ..engine.eval.pipeline import PredictionHook, run_evaluation
+from ..engine.report.logger import colorize
+from ..engine.runtime.precision import to_memory_format
 from ..errors import ConfigError
 from . import _hydra
 

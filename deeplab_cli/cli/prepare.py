@@ -1,7 +1,7 @@
 """``deeplab-prepare voc|cityscapes|ade20k``: one command that builds each dataset tree the presets read.
 
-The preparation code lives in the package (``data/prepare_voc.py``, ``data/cityscapes.py``,
-``data/ade20k.py``) so that a wheel install can use it; ``scripts/prepare_*.py`` are
+The preparation code lives in the package (``data/prepare/``: ``voc.py``, ``cityscapes.py``,
+``ade20k.py``) so that a wheel install can use it; ``scripts/prepare_*.py`` are
 wrappers for a checkout. Every argument after the dataset name goes to that dataset's own
 options (``deeplab-prepare cityscapes --help``).
 """
@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 def _commands() -> dict[str, tuple[str, Callable[..., int]]]:
     """Imported on demand: ``deeplab-prepare --help`` should not pay for every module."""
-    from ..data import ade20k, cityscapes, prepare_voc
+    from ..data.prepare import ade20k, cityscapes
+    from ..data.prepare import voc as prepare_voc
 
     return {
         "voc": ("download PASCAL VOC 2012 + SBD and build train_aug (3.4 GB)", prepare_voc.main),

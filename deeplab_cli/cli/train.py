@@ -14,14 +14,15 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from .._paths import config_dir
 from ..config import checks, datasets, evaluation, models, runtime, training
 from ..config.checkpoints import init_from_checkpoint, reheaded
 from ..data.segmentation import skipped_samples
-from ..engine import distributed, slurm
-from ..engine.checkpoint import (
+from ..engine.report.logger import TensorBoardLogger, format_table
+from ..engine.report.pictures import save_pictures
+from ..engine.runtime import distributed, slurm
+from ..engine.runtime.checkpoint import (
     CheckpointError,
     atomic_save,
     check_writable,
@@ -30,14 +31,11 @@ from ..engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from ..engine.logger import TensorBoardLogger, format_table
-from ..engine.loop import freeze_batchnorm, group_micro_batches
-from ..engine.losses import LossSpec
-from ..engine.optim import build_optimizer, param_groups, poly_scheduler
-from ..engine.precision import grad_scaler, to_memory_format
-from ..engine.report import save_pictures
-from ..engine.trainer import Trainer, TrainingInterrupted
-from ..errors import DeepLabError
+from ..engine.runtime.precision import grad_scaler, to_memory_format
+from ..engine.train.loop import freeze_batchnorm, group_micro_batches
+from ..engine.train.losses import LossSpec
+from ..engine.train.optim import build_optimizer, param_groups, poly_scheduler
+from ..engine.train.trainer import Trainer, TrainingInterrupted
 from ..models.weights.provenance import Provenance, checkpoint_provenance
 from . import _hydra
 
@@ -121,7 +119,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.trainer.max_iters`` iterations; returns the final validation metrics.
 
     Under ``torchrun`` every rank runs this; rank 0 alone writes checkpoints, TensorBoard
-    and ``metrics.json`` (see ``engine/distributed.py``).
+    and ``metrics.json`` (see ``engine/runtime/distributed.py``).
     """
     info = distributed.current()
     if not info.is_main:  # rank 0 reports; the others only warn
@@ -266,7 +264,8 @@ def _loss_spec(cfg: DictConfig, run_dir: Path, info: distributed.DistInfo) -> Lo
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     """Returns the final mIoU so sweepers (Optuna) can optimise it."""
-    with distributed.session() as info:  # a no-op unless a multi-task submitit job (torchrun: see main)
+    # distributed.session: a no-op unless a multi-task submitit job (torchrun: see main)
+    with distributed.session() as info, _hydra.user_errors(distributed.rank_prefix(info)):
         try:
             return float(run_train(cfg)["mIoU"])
         except TrainingInterrupted as exc:
@@ -275,9 +274,6 @@ def hydra_main(cfg: DictConfig) -> float:
             if exc.handoff is not None:
                 exc.handoff()  # submitit: pickles the job, requeues it and exits
             raise SystemExit(exc.exit_code) from None
-        except (DeepLabError, OmegaConfBaseException) as exc:
-            print(f"{distributed.rank_prefix(info)}Error: {_hydra.message_of(exc)}", file=sys.stderr)
-            raise SystemExit(1) from None
 
 
 def main() -> None:

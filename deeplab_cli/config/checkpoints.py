@@ -17,7 +17,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_matching, load_weights
+from ..engine.runtime.checkpoint import CheckpointError, load_checkpoint, load_matching, load_weights
 from ..models.importers import is_ours
 from ..models.weights.provenance import (
     Provenance,

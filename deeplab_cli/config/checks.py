@@ -10,10 +10,10 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from ..data.segmentation import ON_ERROR
-from ..engine.losses import LABEL_POLICIES
-from ..engine.optim import impl_kwargs
-from ..engine.precision import check_precision
-from ..engine.trainer import NONFINITE_POLICIES
+from ..engine.runtime.precision import check_precision
+from ..engine.train.losses import LABEL_POLICIES
+from ..engine.train.optim import impl_kwargs
+from ..engine.train.trainer import NONFINITE_POLICIES
 from ..errors import ConfigError
 from ..models.builder import check_spec
 from .datasets import validate_dataset

@@ -27,7 +27,7 @@ from ..data.sampler import IterationBatchSampler
 from ..data.segmentation import SegmentationDataset
 from ..data.synthetic import SyntheticSpec, ensure_synthetic_voc
 from ..data.transforms import eval_transforms, train_transforms
-from ..engine.losses import LossSpec
+from ..engine.train.losses import LossSpec
 from ..errors import ConfigError
 from ..models.builder import backbone_preprocess
 from .schema import DatasetConfig

@@ -10,10 +10,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ..data.segmentation import SegmentationDataset
-from ..engine import distributed
-from ..engine.inference import SlideSpec
-from ..engine.metrics import compute_metrics
-from ..engine.pipeline import EvalSettings, PredictionHook, run_evaluation
+from ..engine.eval.inference import SlideSpec
+from ..engine.eval.metrics import compute_metrics
+from ..engine.eval.pipeline import EvalSettings, PredictionHook, run_evaluation
+from ..engine.runtime import distributed
 from ..errors import ConfigError
 from ..models.segmenter import DeepLab
 from ..postprocess.crf import CRFParams, default_workers, require_pydensecrf

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..engine.checkpoint import load_checkpoint
+from ..engine.runtime.checkpoint import load_checkpoint
 from ..models.builder import ModelSpec, build_model, build_model_with_provenance
 from ..models.importers import (
     OURS,

@@ -150,7 +150,7 @@ class TrainerConfig:
 
 @dataclass
 class LossConfig:
-    """Cross-entropy options for imbalanced classes (see ``data/class_weights.py``, ``engine/losses.py``)."""
+    """Cross-entropy options for imbalanced classes (see ``data/class_weights.py``, ``engine/train/losses.py``)."""
 
     class_weights: Optional[Any] = None  # null | median_frequency | inverse_frequency | [w0, w1, ...]
     ohem: bool = False  # online hard example mining: keep pixels whose true-class probability < ohem_thresh

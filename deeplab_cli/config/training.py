@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ..engine.loop import StepSettings
-from ..engine.losses import LossSpec
-from ..engine.trainer import TrainSettings
+from ..engine.train.loop import StepSettings
+from ..engine.train.losses import LossSpec
+from ..engine.train.trainer import TrainSettings
 
 
 def step_settings(cfg: DictConfig, loss: LossSpec | None) -> StepSettings:

@@ -13,8 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision import tv_tensors
 
-from .palette import IGNORE_INDEX
 from .layout import DatasetError
+from .palette import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 

@@ -192,7 +192,10 @@ def _read_fold_list(path: Path, split: str) -> Listing:
     problems = []
     for number, words in _fold_lines(path):
         if len(words) != 2:
-            reason = f"line {number} is {' '.join(words)!r}; a fold list line is '<stem> <split>' (rewrite it with deeplab-split)"
+            reason = (
+                f"line {number} is {' '.join(words)!r}; a fold list line is '<stem> <split>' "
+                "(rewrite it with deeplab-split)"
+            )
             problems.append(("bad_line", str(path), reason))
             continue
         lines_of.setdefault(words[0], []).append(number)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .palette import IGNORE_INDEX, voc_palette
 from .layout import DatasetError
+from .palette import IGNORE_INDEX, voc_palette
 
 GENERATOR_VERSION = 2
 MARKER = ".synthetic.json"

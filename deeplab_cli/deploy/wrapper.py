@@ -1,7 +1,7 @@
 """The model a deployment runs: raw pixels in, logits / probabilities / labels at the input size out.
 
 Training and ``deeplab-predict`` normalise images outside the network and upsample the
-logits after it (``engine/inference.py``). An exported file has no such code around
+logits after it (``engine/eval/inference.py``). An exported file has no such code around
 it, so :class:`DeployModel` puts both inside the graph, exactly as the PyTorch path
 does them: ``/255``, optional RGB->BGR, ``(x - mean) / std`` (0..1 units, as
 ``model.preprocess`` stores them), the network, then bilinear upsampling with

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..config.compose import compose
-from ..engine.inference import SlideSpec, predict_probabilities
+from ..engine.eval.inference import SlideSpec, predict_probabilities
 from .benchmark.measure import proc_status_mb
 from .benchmark.report import cpu_name
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ...config.compose import compose
 from ...data.palette import IGNORE_INDEX
-from ...engine.losses import total_loss
+from ...engine.train.losses import total_loss
 from .settings import Settings
 
 DATA_SCALE_RANGE = (0.5, 2.0)  # the v3/v3+ VOC recipe's random scale

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from . import distributed
+from ..runtime import distributed
+from ..runtime.precision import autocast, memory_format
 from .losses import LossSpec, total_loss
-from .precision import autocast, memory_format
 
 
 def freeze_batchnorm(model: nn.Module) -> None:

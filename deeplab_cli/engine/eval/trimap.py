@@ -15,8 +15,8 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
-from ..data.palette import IGNORE_INDEX
-from .distributed import all_reduce_sum_
+from ...data.palette import IGNORE_INDEX
+from ..runtime.distributed import all_reduce_sum_
 from .metrics import ConfusionMatrix, compute_metrics
 
 

@@ -22,12 +22,11 @@ archive is published; the zip's own CRCs are checked while it is unpacked.
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 
-import zipfile
-
 from .archives import MARKER_SUFFIX, extract_zip
-from .prepare_voc import PrepareError, run_prepare, Resource, download
+from .download import PrepareError, Resource, download, run_prepare
 
 RESOURCE = Resource(
     "ADEChallengeData2016.zip",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, DeepLabError  # noqa: F401 - CheckpointError: raised and re-exported here
+from ...errors import CheckpointError, DeepLabError  # noqa: F401 - CheckpointError: raised and re-exported here
 
 FORMAT_VERSION = 1
 

@@ -23,13 +23,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from ..data.layout import DatasetError
-from ..errors import DeepLabError, user_message
-from . import distributed, slurm
-from .checkpoint import atomic_link
-from .logger import TensorBoardLogger
+from ...data.layout import DatasetError
+from ...errors import DeepLabError, user_message
+from ..report.logger import TensorBoardLogger
+from ..runtime import distributed, slurm
+from ..runtime.checkpoint import atomic_link
+from ..runtime.signals import REQUEUE_SIGNALS, StopOnSignals
 from .loop import StepResult, StepSettings, train_step
-from .signals import REQUEUE_SIGNALS, StopOnSignals
 
 log = logging.getLogger(__name__)
 

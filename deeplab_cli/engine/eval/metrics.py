@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.palette import IGNORE_INDEX
-from .distributed import all_reduce_max_, all_reduce_sum_
+from ...data.palette import IGNORE_INDEX
+from ..runtime.distributed import all_reduce_max_, all_reduce_sum_
 
 
 class ConfusionMatrix:

@@ -10,7 +10,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from ..data.palette import IGNORE_INDEX, voc_colormap
+from ...data.palette import IGNORE_INDEX, voc_colormap
 
 _CMAP = voc_colormap()
 

@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.palette import IGNORE_INDEX
-from ..postprocess.crf import CRFParams, CRFPool
-from .distributed import all_reduce_max_, all_reduce_sum_, shard
+from ...data.palette import IGNORE_INDEX
+from ...postprocess.crf import CRFParams, CRFPool
+from ..runtime.distributed import all_reduce_max_, all_reduce_sum_, shard
+from ..runtime.precision import autocast, memory_format
 from .inference import SlideSpec, pad_collate, predict_probabilities, size_sorted_batches
 from .metrics import ConfusionMatrix
-from .precision import autocast, memory_format
 from .prob_cache import ProbabilityCache
 from .trimap import TrimapMeter
 

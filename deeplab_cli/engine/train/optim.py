@@ -6,7 +6,7 @@ from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 

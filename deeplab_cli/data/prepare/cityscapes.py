@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from .archives import MARKER_SUFFIX, extract_zip
-from .prepare_voc import PrepareError, run_prepare
+from .download import PrepareError, run_prepare
 
 ZIPS = {"leftImg8bit": "leftImg8bit_trainvaltest.zip", "gtFine": "gtFine_trainvaltest.zip"}
 SPLIT_SIZES = {"train": 2975, "val": 500, "test": 1525}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.palette import IGNORE_INDEX
+from ...data.palette import IGNORE_INDEX
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .prepare_voc import PrepareError
+from .download import PrepareError
 
 MARKER_SUFFIX = ".extracted"
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.palette import IGNORE_INDEX
+from ...data.palette import IGNORE_INDEX
 
 LABEL_POLICIES = ("nearest", "upsample")
 

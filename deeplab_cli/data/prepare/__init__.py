@@ -1,0 +1,1 @@
+"""Dataset preparation for ``deeplab-prepare``: one module per family, shared download and archives."""

@@ -1,0 +1,1 @@
+"""Evaluation: the pipeline (network -> cache -> CRF -> metrics), inference (TTA, windows), metrics, trimap."""

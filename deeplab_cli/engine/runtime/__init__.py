@@ -1,0 +1,1 @@
+"""What a run needs around the model: checkpoints, torch.distributed, precision, signals, SLURM."""
