@@ -182,3 +182,17 @@ def test_a_plugin_package_registers_through_its_entry_point(tmp_path: Path, monk
         assert registry.head("plugin_toy").build.__module__ == "tests_toy_builder"
     finally:
         registry.HEADS.pop("plugin_toy", None)
+
+
+def test_a_broken_plugin_is_one_error_naming_it(monkeypatch) -> None:
+    """A plugin whose import fails stops the lookup with the entry point and the cause, not a bare traceback."""
+    from importlib.metadata import EntryPoint
+
+    plugin = EntryPoint("broken", "no_such_module_for_deeplab", registry.PLUGIN_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin] if group == registry.PLUGIN_GROUP else [])
+    monkeypatch.setattr(registry, "_loaded", False)
+    with pytest.raises(ModelConfigError) as info:
+        registry.head("largefov")
+    message = str(info.value)
+    assert "'broken'" in message and "no_such_module_for_deeplab" in message and "ModuleNotFoundError" in message
+    assert "uninstall the package" in message
