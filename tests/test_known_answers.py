@@ -240,7 +240,7 @@ def test_loss_settings_reach_train_step_from_the_config(tmp_path: Path, monkeypa
                  "dataset.num_workers=0", f"loss.class_weights={weights}", "loss.ohem=true", "loss.ohem_thresh=0.6",
                  "loss.ohem_min_kept=77"]  # fmt: skip
     train_mod.run_train(compose_train(overrides, tmp_path / "run"))
-    assert seen == [LossSpec((1.0,) * 20 + (2.5,), True, 0.6, 77)]
+    assert seen == [LossSpec((1.0,) * 20 + (2.5,), True, 0.6, 77, aux_head_weight=0.0)]  # no model.aux_head
 
 
 # --- DenseCRF: the parameters in the places pydensecrf documents -------------------------------------------

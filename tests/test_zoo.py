@@ -28,6 +28,10 @@ PARAMS = {
     "deeplabv3_resnet101": 58_630_997,
     "deeplabv3_resnet50": 39_638_869,
     "deeplabv3plus_resnet101": 59_344_309,
+    # mmsegmentation's: ResNetV1c-101 42,519,392 (timm resnet101c minus fc) + DepthwiseSeparableASPPHead 17,698,949
+    # (pool and 1x1 branches 2 x 1,049,600, three separable 2048->512 3 x 1,072,128, 3x3 bottleneck 11,797,504,
+    # c1 12,384, decoder 293,904 + 268,800, classifier 10,773) + auxiliary FCN head 2,365,205 (training only)
+    "deeplabv3plus_resnet101_v1c": 62_583_546,
     "deeplabv3plus_mobilenet_v2": 5_816_053,
     "deeplabv3plus_xception65": 41_055_413,  # backbone 37,867,312 = timm xception65 minus fc
     # VGG16-BN at x0.25 width (16..128 channels): 920,784 conv + 2,112 BN; head fc6 3x3 128->256

@@ -57,6 +57,7 @@ def make_cache(cfg: DictConfig, train_cfg: DictConfig, dataset, settings: EvalSe
             "flip": settings.flip,
             "batch_size": settings.batch_size,
             **({"slide": asdict(settings.slide)} if settings.slide is not None else {}),
+            **({"fit": list(settings.fit)} if settings.fit is not None else {}),
         },
     }
     return ProbabilityCache(cfg.eval.cache_dir, key)
@@ -133,6 +134,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         precision=t.precision,
         channels_last=t.channels_last,
         shard=(info.rank, info.world_size),
+        fit=evaluation.fit_for(train_cfg.dataset, settings.batch_size),
     )  # fmt: skip  (no ground truth, no boundaries: no trimap)
     model = to_memory_format(model.to(device), t.channels_last)
     cache = make_cache(cfg, train_cfg, dataset, settings)

@@ -92,7 +92,11 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     t = train_cfg.trainer
     model = to_memory_format(model.to(device), t.channels_last)
     settings = replace(
-        settings, num_classes=train_cfg.model.num_classes, precision=t.precision, channels_last=t.channels_last
+        settings,
+        num_classes=train_cfg.model.num_classes,
+        precision=t.precision,
+        channels_last=t.channels_last,
+        fit=evaluation.fit_for(train_cfg.dataset, settings.batch_size),
     )
     dataset = ImageFiles(files, eval_transforms(*datasets.normalisation(train_cfg)))
     final_stage = "crf" if settings.crf is not None else "network"

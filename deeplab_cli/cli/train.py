@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .._paths import config_dir
 from ..config import checks, datasets, evaluation, models, runtime, training
 from ..config.checkpoints import init_from_checkpoint, reheaded
+from ..config.header import RunFacts, built_lines, launch_lines
 from ..data.segmentation import skipped_samples
 from ..engine.report.logger import TensorBoardLogger, format_table
 from ..engine.report.pictures import save_pictures
@@ -124,13 +125,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     info = distributed.current()
     if not info.is_main:  # rank 0 reports; the others only warn
         logging.getLogger("deeplab_cli").setLevel(logging.WARNING)
+    _log_launch(cfg)
     begin, device, run_dir = _prepare(cfg, info)
     model = _placed(begin.model, cfg, device, info)
     optimizer, scheduler, scaler = _optimiser(model, cfg, device)
     start, best, provenance = 0, -1.0, begin.provenance
     if begin.resume_path is not None:
         start, best, provenance = _resume(begin.resume_path, model, optimizer, scheduler, scaler)
-    log.info("initial weights: %s", provenance.describe())
     tb = TensorBoardLogger(run_dir / "tensorboard", enabled=info.is_main, palette=datasets.palette(cfg))
     trainer = Trainer(
         model, optimizer, scheduler, scaler, device, training.train_settings(cfg, begin.loss), run_dir, tb,
@@ -140,12 +141,31 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     try:
         loader = datasets.make_train_loader(cfg, start, run_dir / SKIP_LOG, info.rank, info.world_size)
+        _log_built(cfg, model, device, provenance, start, len(loader.dataset))  # type: ignore[arg-type]
         metrics = trainer.run(group_micro_batches(loader, cfg.trainer.accumulate), start, best)
         if not metrics:  # resumed a finished run: nothing trained, report its validation
             metrics = validate_model(model, cfg, device, tb, cfg.trainer.max_iters, run_dir, final=True)
     finally:
         tb.close()
     return _report(metrics, cfg, provenance, run_dir, info)
+
+
+def _log_launch(cfg: DictConfig) -> None:
+    """The first lines of ``train.log`` (rank 0), before anything is loaded: command, preset, run dir, schedule."""
+    if distributed.current().is_main:
+        hydra_cfg = HydraConfig.get()
+        command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+        for line in launch_lines(cfg, command, dict(hydra_cfg.runtime.choices), Path(hydra_cfg.runtime.output_dir)):
+            log.info(line)
+
+
+def _log_built(cfg: DictConfig, model, device, provenance: Provenance, start: int, n_train: int) -> None:
+    """The rest of the header once the run is built: model size, device, data sizes, initial weights, start."""
+    if distributed.current().is_main:
+        n_val = len(datasets.make_eval_dataset(cfg))
+        facts = RunFacts(model, device, distributed.current().world_size, provenance, n_train, n_val, start)
+        for line in built_lines(cfg, facts):
+            log.info(line)
 
 
 def _prepare(cfg: DictConfig, info: distributed.DistInfo) -> tuple[_Start, torch.device, Path]:
@@ -195,7 +215,7 @@ def _optimiser(model: torch.nn.Module, cfg: DictConfig, device: torch.device):
         model, o.lr, o.weight_decay, o.head_lr_mult, o.bias_lr_mult, o.bias_weight_decay, o.backbone_lr_mult
     )
     optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.nesterov, o.impl)
-    scheduler = poly_scheduler(optimizer, cfg.trainer.max_iters, o.poly_power)
+    scheduler = poly_scheduler(optimizer, cfg.trainer.max_iters, o.poly_power, o.min_lr)
     return optimizer, scheduler, grad_scaler(device, cfg.trainer.precision)
 
 

@@ -40,8 +40,32 @@ def validate(cfg: DictConfig) -> None:
     lo, hi = cfg.dataset.scale_range
     if not 0 < lo <= hi:
         raise ConfigError(f"dataset.scale_range={[lo, hi]} must satisfy 0 < low <= high.")
+    _validate_augment(cfg.dataset)
     validate_dataset(cfg)
     check_spec(model_spec(cfg))  # a timm model's output stride and stride-4 feature, built on the meta device
+
+
+def _validate_augment(d: DictConfig) -> None:
+    """``dataset.scale_step``, ``fit_size`` and ``cat_max_ratio``: each value the transforms would reject, named."""
+    step = d.get("scale_step")
+    if step is not None and not step > 0:
+        raise ConfigError(f"dataset.scale_step={step} must be a positive step (e.g. 0.25), or null (uniform scales).")
+    validate_fit_size(d.get("fit_size"), "dataset.fit_size")
+    ratio = d.get("cat_max_ratio", 1.0)
+    if not 0 < ratio <= 1:
+        raise ConfigError(f"dataset.cat_max_ratio={ratio} must lie in (0, 1]: 1 keeps every crop, 0.75 is mmseg's.")
+
+
+def validate_fit_size(value: object, key: str) -> None:
+    """A ``[long, short]`` pair of positive sides with long >= short, or null."""
+    if value is None:
+        return
+    pair = list(value)  # type: ignore[call-overload]
+    if len(pair) != 2 or min(pair) < 1 or pair[0] < pair[1]:
+        raise ConfigError(
+            f"{key}={pair} must be [long side, short side] in pixels with long >= short (ADE20K: [2048,512]), "
+            "or null (keep the stored size)."
+        )
 
 
 def _validate_trainer(cfg: DictConfig) -> None:

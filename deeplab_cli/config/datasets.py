@@ -200,6 +200,12 @@ def check_dataset_lists(cfg: DictConfig) -> list[Problem]:
     return found
 
 
+def fit_size(dataset: DictConfig) -> tuple[int, int] | None:
+    """``dataset.fit_size`` as (long side, short side), or None."""
+    value = dataset.get("fit_size")
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
 def make_train_loader(
     cfg: DictConfig, start_iter: int, skip_log: Path | None = None, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
@@ -213,7 +219,16 @@ def make_train_loader(
     """
     d, t = cfg.dataset, cfg.trainer
     crop = d.crop_size if d.get("crop_width") is None else (d.crop_size, d.crop_width)
-    transforms = train_transforms(crop, tuple(d.scale_range), d.flip, *normalisation(cfg))
+    transforms = train_transforms(
+        crop,
+        tuple(d.scale_range),
+        d.flip,
+        *normalisation(cfg),
+        scale_step=d.get("scale_step"),
+        fit_size=fit_size(d),
+        cat_max_ratio=d.get("cat_max_ratio", 1.0),
+        photometric=d.get("photometric", False),
+    )
     dataset = SegmentationDataset(
         layout_for(cfg, train_split(d)),
         train_split(d),
@@ -326,7 +341,14 @@ def loss_spec(cfg: DictConfig, weights: list[float] | None) -> LossSpec:
             f"loss.ohem_thresh={loss.ohem_thresh} must lie in (0, 1] and loss.ohem_min_kept={loss.ohem_min_kept} "
             "must be at least 0."
         )
-    return LossSpec(tuple(weights) if weights is not None else None, loss.ohem, loss.ohem_thresh, loss.ohem_min_kept)
+    aux = cfg.model.get("aux_head")
+    return LossSpec(
+        tuple(weights) if weights is not None else None,
+        loss.ohem,
+        loss.ohem_thresh,
+        loss.ohem_min_kept,
+        aux_head_weight=float(aux.loss_weight) if aux is not None else 0.0,
+    )
 
 
 def dataset_node(cfg: DictConfig) -> DictConfig:

@@ -17,7 +17,7 @@ from ..engine.runtime import distributed
 from ..errors import ConfigError
 from ..models.segmenter import DeepLab
 from ..postprocess.crf import CRFParams, default_workers, require_pydensecrf
-from .datasets import class_names
+from .datasets import class_names, fit_size
 
 
 def split_metrics(matrix: Tensor, cfg: DictConfig, num_images: int) -> dict[str, Any]:
@@ -51,6 +51,7 @@ def evaluate_split(
         precision=t.precision,
         channels_last=t.channels_last,
         shard=(info.rank, info.world_size),
+        fit=fit_size(cfg.dataset),
     )
     result = run_evaluation(model, dataset, device, settings, on_prediction=on_prediction)
     result.all_reduce()
@@ -71,8 +72,14 @@ def crf_params(crf: DictConfig) -> CRFParams | None:
     return CRFParams(**{f.name: crf[f.name] for f in fields(CRFParams)})
 
 
-def eval_settings(options: DictConfig, crf: DictConfig, num_classes: int, has_targets: bool = True) -> EvalSettings:
-    """Check the ``eval`` and ``crf`` nodes and turn them into pipeline settings."""
+def eval_settings(
+    options: DictConfig,
+    crf: DictConfig,
+    num_classes: int,
+    has_targets: bool = True,
+    fit: tuple[int, int] | None = None,
+) -> EvalSettings:
+    """Check the ``eval`` and ``crf`` nodes and turn them into pipeline settings (``fit``: ``dataset.fit_size``)."""
     scales = tuple(float(x) for x in options.scales)
     if not scales or min(scales) <= 0:
         raise ConfigError(f"eval.scales={list(scales)} must list positive factors, e.g. eval.scales=[0.75,1.0,1.25].")
@@ -99,7 +106,19 @@ def eval_settings(options: DictConfig, crf: DictConfig, num_classes: int, has_ta
         trimap=tuple(int(w) for w in options.trimap) if has_targets else (),
         progress=options.progress,
         slide=slide,
+        fit=fit,
     )
+
+
+def fit_for(dataset: DictConfig, batch_size: int) -> tuple[int, int] | None:
+    """``dataset.fit_size`` for evaluation; refused with batches, whose padded images would share one factor."""
+    fit = fit_size(dataset)
+    if fit is not None and batch_size > 1:
+        raise ConfigError(
+            f"dataset.fit_size={list(fit)} rescales each image by its own factor, which eval.batch_size="
+            f"{batch_size} (images padded to one size) cannot do; use eval.batch_size=1."
+        )
+    return fit
 
 
 EVAL_MODES = ("whole", "slide")

@@ -36,7 +36,16 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
         backbone_args=backbone,
         head_args=head,
         scales=OmegaConf.to_container(cfg.scales, resolve=True),  # type: ignore[arg-type]
+        aux_head=aux_head_args(cfg.model),
     )
+
+
+def aux_head_args(model: DictConfig) -> dict[str, Any]:
+    """``model.aux_head`` as the builder's arguments (no loss weight); {} when null or absent (old checkpoints)."""
+    aux = model.get("aux_head")
+    if aux is None:
+        return {}
+    return {"channels": int(aux.channels), "dropout": float(aux.dropout)}
 
 
 def make_model(cfg: DictConfig, pretrained: bool | None = None) -> DeepLab:

@@ -39,6 +39,15 @@ class PreprocessConfig:
 
 
 @dataclass
+class AuxHeadConfig:
+    """``model.aux_head``: mmsegmentation's auxiliary FCN head on ResNet stage 3 (training only)."""
+
+    channels: int = 256
+    dropout: float = 0.1
+    loss_weight: float = 0.4
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     num_classes: int = II("dataset.num_classes")  # the dataset's label set unless set explicitly
@@ -47,6 +56,7 @@ class ModelConfig:
     weights: Optional[str] = None
     init_from: Optional[str] = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    aux_head: Optional[AuxHeadConfig] = None  # null: none; {} or a dict: the auxiliary FCN head (mmseg: weight 0.4)
 
 
 @dataclass
@@ -101,6 +111,10 @@ class DatasetConfig:
     crop_size: int = 321
     crop_width: Optional[int] = None  # null: square crops; else crops are crop_size x crop_width (height x width)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    scale_step: Optional[float] = None  # null: scales drawn uniformly; 0.25: from low, low+0.25, ..., high (TF DeepLab)
+    fit_size: Optional[list[int]] = None  # [long, short]: rescale to fit before the random scale, and evaluate there
+    cat_max_ratio: float = 1.0  # <1: re-draw a crop in which one class covers this share or more (mmseg: 0.75)
+    photometric: bool = False  # mmsegmentation's PhotoMetricDistortion (brightness, contrast, saturation, hue)
     flip: bool = True
     num_workers: int = 2
     subset: Optional[int] = None
@@ -122,6 +136,7 @@ class OptimConfig:
     bias_lr_mult: float = 2.0
     bias_weight_decay: bool = False
     poly_power: float = 0.9
+    min_lr: float = 0.0  # poly decays towards this absolute LR (mmsegmentation's eta_min 1e-4)
     impl: str = "auto"
 
 
@@ -131,7 +146,7 @@ class TrainerConfig:
     batch_size: int = 10
     accumulate: int = 1
     val_interval: int = 1000
-    log_interval: int = 20
+    log_interval: int = 50
     num_vis_images: int = 4
     label_policy: str = "nearest"
     freeze_bn: bool = False

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.segmenter import inference_model
+
 OUTPUTS = ("logits", "probabilities", "labels")
 
 
@@ -39,7 +41,7 @@ class DeployModel(nn.Module):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}; choose one of {', '.join(OUTPUTS)}")
-        self.model = model
+        self.model = inference_model(model)  # no auxiliary head in an exported file
         self.include_preprocess = include_preprocess
         self.bgr = bgr
         self.output = output

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from . import registry
 from .backbones.base import Backbone
+from .heads.auxiliary import AUX_FEATURE, FCNAuxHead
 from .multiscale import AttentionToScale, MultiScaleInputs
 from .registry import ModelConfigError
 from .segmenter import DeepLab
@@ -34,6 +35,8 @@ class ModelSpec:
     backbone_args: dict[str, Any] = field(default_factory=dict)
     head_args: dict[str, Any] = field(default_factory=dict)
     scales: dict[str, Any] = field(default_factory=dict)
+    #: ``model.aux_head`` without its loss weight: ``{channels, dropout}``; empty: no auxiliary head
+    aux_head: dict[str, Any] = field(default_factory=dict)
 
 
 def backbone_preprocess(backbone: str, backbone_args: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -70,6 +73,24 @@ def _build_head(spec: ModelSpec, backbone: Backbone) -> nn.Module:
         raise ModelConfigError(f"head={spec.head} needs {wanted} features, which backbone={spec.backbone} lacks.")
     inputs = registry.HeadInputs(dict(backbone.feature_info), spec.num_classes, spec.output_stride)
     return entry.build(inputs, **spec.head_args)
+
+
+def _build_aux_head(spec: ModelSpec, backbone: Backbone) -> FCNAuxHead | None:
+    """The auxiliary FCN head on the backbone's stage-3 features, when ``model.aux_head`` asks for one."""
+    if not spec.aux_head:
+        return None
+    if AUX_FEATURE not in backbone.feature_info:
+        raise ModelConfigError(
+            f"model.aux_head needs the backbone's stage-3 features ({AUX_FEATURE!r}), which backbone={spec.backbone} "
+            "lacks (the ResNets have them); set model.aux_head=null."
+        )
+    if spec.scales.get("mode", "single") != "single":
+        raise ModelConfigError(
+            f"model.aux_head with scales={spec.scales.get('mode')}: the multi-scale wrappers would drop its "
+            "logits; use scales=single or model.aux_head=null."
+        )
+    info = backbone.feature_info[AUX_FEATURE]
+    return FCNAuxHead(info.channels, spec.num_classes, **spec.aux_head)
 
 
 #: ``scales.mode`` -> the wrapper around the shared single-scale network
@@ -112,7 +133,7 @@ def build_model_with_provenance(
         if isinstance(exc, ConfigError):
             raise
         raise ModelConfigError(f"backbone={spec.backbone} head={spec.head}: {exc}") from exc
-    model = DeepLab(backbone, head, spec.num_classes)
+    model = DeepLab(backbone, head, spec.num_classes, _build_aux_head(spec, backbone))
     if provenance is None:
         load = registry.backbone(spec.backbone).load_imagenet
         # layouts of imported checkpoints have no ImageNet weights of their own: they start from scratch

@@ -51,6 +51,33 @@ def _resnet_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
 
 
+#: timm's ResNet-C stem (``conv1`` a Sequential, its last BN outside as ``bn1``) -> mmcv's ``stem.*`` names
+_TIMM_DEEP_STEM = {
+    "conv1.0.": "stem.0.",
+    "conv1.1.": "stem.1.",
+    "conv1.3.": "stem.3.",
+    "conv1.4.": "stem.4.",
+    "conv1.6.": "stem.6.",
+    "bn1.": "stem.7.",
+}
+
+
+def _resnet_v1c_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """ResNetV1c ImageNet weights in mmcv's layout (``stem.*``, maybe under ``state_dict``) or timm's
+    (``resnet101c.gluon_in1k``: ``conv1.0`` ... ``bn1``) -> our backbone; the classifier is dropped."""
+    state = state.get("state_dict", state)  # type: ignore[assignment]
+    out = {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        for old, new in _TIMM_DEEP_STEM.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[f"backbone.{key}"] = value
+    return out
+
+
 def _mobilenet_v2_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """features.0-3 -> low_level, 4-17 -> high_level; the last 1x1 conv and classifier are unused."""
     out = {}
@@ -69,6 +96,8 @@ def _mobilenet_v2_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 IMAGENET = {
     "resnet50": ("torchvision/resnet50.imagenet1k_v1", _resnet_keys),
     "resnet101": ("torchvision/resnet101.imagenet1k_v1", _resnet_keys),
+    "resnet50_v1c": ("open-mmlab/resnet50_v1c", _resnet_v1c_keys),
+    "resnet101_v1c": ("open-mmlab/resnet101_v1c", _resnet_v1c_keys),
     "mobilenet_v2": ("torchvision/mobilenet_v2.imagenet1k_v1", _mobilenet_v2_keys),
 }
 VGG16_ENTRY = "torchvision/vgg16.imagenet1k_v1"

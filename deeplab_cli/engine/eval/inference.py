@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data.palette import IGNORE_INDEX
+from ...data.transforms import fit_factor
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -83,17 +84,23 @@ def predict_probabilities(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     slide: SlideSpec | None = None,
+    fit: tuple[int, int] | None = None,
 ) -> Tensor:
     """Softmax probabilities (N, C, H, W) at the input's size, averaged over ``scales`` x flips.
 
     Each scaled input is resized bilinearly; its logits (whole, or averaged over
     ``slide`` windows of the scaled input) are upsampled bilinearly back to (H, W)
-    before the softmax, so every scale votes at full resolution.
+    before the softmax, so every scale votes at full resolution. ``fit`` = (long, short)
+    first rescales the input to fit that box (mmsegmentation's ADE20K test pipeline,
+    ``Resize(scale=(2048, 512), keep_ratio=True)``); the scales apply on top of it and
+    the prediction still comes back at the original size, where the labels are.
     """
     size = images.shape[-2:]
+    base = fit_factor((int(size[0]), int(size[1])), fit) if fit is not None else 1.0
     total: Tensor | None = None
     count = 0
     for scale in scales:
+        scale = scale * base
         if scale == 1.0:
             scaled = images
         else:

@@ -49,6 +49,8 @@ class EvalSettings:
     channels_last: bool = False
     #: ``eval.mode=slide``: windows and strides; None evaluates whole images
     slide: SlideSpec | None = None
+    #: ``dataset.fit_size``: run the network on the image rescaled to fit (long, short); None: stored size
+    fit: tuple[int, int] | None = None
     #: ``(rank, world_size)``: this process scores images ``rank, rank + world_size, ...`` only
     shard: tuple[int, int] = (0, 1)
 
@@ -101,7 +103,7 @@ def _network_outputs(
         images, targets, idx, hw = batch
         images = images.to(device, non_blocking=True, memory_format=memory_format(s.channels_last))
         with autocast(device, s.precision):
-            probs = predict_probabilities(model, images, s.scales, s.flip, s.slide)
+            probs = predict_probabilities(model, images, s.scales, s.flip, s.slide, s.fit)
         preds = probs.argmax(1)
         for j in range(len(idx)):
             h, w = int(hw[j, 0]), int(hw[j, 1])

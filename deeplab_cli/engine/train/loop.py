@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..runtime import distributed
 from ..runtime.precision import autocast, memory_format
-from .losses import LossSpec, total_loss
+from .losses import LossSpec, loss_terms
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -38,6 +38,8 @@ class StepResult:
     finite: bool
     grad_norm: float | None = None
     empty: bool = False
+    #: each weighted term of the loss (``out``, ``aux0``..., ``aux_head``), this rank's, for the progress lines
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def train_step(
         return StepResult(math.nan, True, None, empty=True)
     saved = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
     total = torch.zeros((), device=device)
+    sums: dict[str, Tensor] = {}
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     fmt = memory_format(s.channels_last)
     no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel (also through torch.compile)
@@ -100,9 +103,12 @@ def train_step(
         defer = no_sync() if no_sync is not None and k < len(batches) - 1 else contextlib.nullcontext()
         with defer:
             with autocast(device, s.precision):
-                loss = total_loss(model(images), labels, s.label_policy, s.loss) / len(batches)
+                terms = loss_terms(model(images), labels, s.label_policy, s.loss)
+                loss = sum(terms.values()) / len(batches)
             scaler.scale(loss).backward()
         total += loss.detach().float()
+        for name, term in terms.items():
+            sums[name] = sums.get(name, 0.0) + term.detach().float() / len(batches)
     value = float(reduce_loss(total) if reduce_loss is not None else total)
     grad_norm = None
     if s.grad_clip is not None and math.isfinite(value):
@@ -119,7 +125,7 @@ def train_step(
             for buffer, before in saved:
                 buffer.copy_(before)
     scheduler.step()
-    return StepResult(value, finite, grad_norm)
+    return StepResult(value, finite, grad_norm, terms={k: float(v) for k, v in sums.items()})
 
 
 def group_micro_batches(loader: Iterable, accumulate: int) -> Iterator[list[tuple[Tensor, Tensor]]]:

@@ -41,6 +41,8 @@ class LossSpec:
     ohem: bool = False
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100_000
+    #: weight of the auxiliary FCN head's loss (``model.aux_head.loss_weight``; mmsegmentation's 0.4)
+    aux_head_weight: float = 0.4
 
 
 def ohem_mask(logits: Tensor, labels: Tensor, thresh: float, min_kept: int) -> Tensor:
@@ -85,11 +87,22 @@ def segmentation_loss(logits: Tensor, labels: Tensor, policy: str = "nearest", s
 def total_loss(
     outputs: Mapping[str, Tensor | list[Tensor]], labels: Tensor, policy: str, spec: LossSpec | None = None
 ) -> Tensor:
-    """Loss on ``outputs["out"]`` plus one term per entry of ``outputs["aux"]`` (if any).
+    """Loss on ``outputs["out"]`` plus one term per entry of ``outputs["aux"]`` (if any), plus
+    ``spec.aux_head_weight`` times the loss of ``outputs["aux_head"]`` (the auxiliary FCN head).
 
     Multi-scale training (MSC, attention E-sup) puts per-scale logits in ``aux``.
     """
-    loss = segmentation_loss(outputs["out"], labels, policy, spec)
-    for extra in outputs.get("aux", []):
-        loss = loss + segmentation_loss(extra, labels, policy, spec)
-    return loss
+    return sum(loss_terms(outputs, labels, policy, spec).values())  # type: ignore[return-value]
+
+
+def loss_terms(
+    outputs: Mapping[str, Tensor | list[Tensor]], labels: Tensor, policy: str, spec: LossSpec | None = None
+) -> dict[str, Tensor]:
+    """Each weighted term of :func:`total_loss` by name (``out``, ``aux0``..., ``aux_head``), for the logs."""
+    terms = {"out": segmentation_loss(outputs["out"], labels, policy, spec)}  # type: ignore[arg-type]
+    for k, extra in enumerate(outputs.get("aux", [])):  # type: ignore[arg-type]
+        terms[f"aux{k}"] = segmentation_loss(extra, labels, policy, spec)
+    if "aux_head" in outputs:
+        weight = (spec or LossSpec()).aux_head_weight
+        terms["aux_head"] = weight * segmentation_loss(outputs["aux_head"], labels, policy, spec)  # type: ignore[arg-type]
+    return terms

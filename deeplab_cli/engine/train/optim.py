@@ -71,6 +71,16 @@ def build_optimizer(
     raise ConfigError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
 
 
-def poly_scheduler(optimizer: Optimizer, max_iters: int, power: float = 0.9) -> LambdaLR:
-    """``lr = base_lr * (1 - iter / max_iters) ** power``, stepped once per iteration."""
-    return LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / max_iters) ** power)
+def poly_scheduler(optimizer: Optimizer, max_iters: int, power: float = 0.9, min_lr: float = 0.0) -> LambdaLR:
+    """``lr = (base_lr - min_lr) * (1 - iter / max_iters) ** power + min_lr``, stepped once per iteration.
+
+    ``min_lr`` is mmsegmentation's ``PolyLR(eta_min=1e-4)`` (mmcv's ``min_lr``): an absolute floor
+    that every parameter group decays towards, whatever its own base rate. 0 is the DeepLab papers' poly.
+    """
+
+    def factor(base: float):  # noqa: ANN202 - one lambda per group: the floor is absolute, not a ratio
+        return lambda it: ((base - min_lr) * max(0.0, 1.0 - it / max_iters) ** power + min_lr) / base
+
+    if min_lr == 0.0:
+        return LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / max_iters) ** power)
+    return LambdaLR(optimizer, [factor(group["lr"]) for group in optimizer.param_groups])

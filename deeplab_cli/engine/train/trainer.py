@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ...data.layout import DatasetError
 from ...errors import DeepLabError, user_message
 from ..report.logger import TensorBoardLogger
+from ..report.progress import IntervalMeter
 from ..runtime import distributed, slurm
 from ..runtime.checkpoint import atomic_link
 from ..runtime.signals import REQUEUE_SIGNALS, StopOnSignals
@@ -120,25 +121,39 @@ class Trainer:
         seconds = 0.0  # loading + steps, without validation and checkpoints: images/s of the sweep summary
         bar = tqdm(total=s.max_iters, initial=start, desc="train", disable=not (s.progress and info.is_main),
                    dynamic_ncols=True)  # fmt: skip
+        meter = IntervalMeter(s.batch_size * s.accumulate)
         with StopOnSignals() as stop, bar:
             for it in range(start + 1, s.max_iters + 1):
                 tick = time.perf_counter()
                 batch = self._next_batch(batches, it, progress)
+                loaded = time.perf_counter()
                 step = train_step(trained, batch, self.optimizer, self.scheduler, self.device, s.step,
                                   scaler=self.scaler, reduce_loss=reduce_loss)  # fmt: skip
                 seconds += time.perf_counter() - tick
+                meter.add(loaded - tick, time.perf_counter() - loaded, step.loss, step.terms,
+                          counted=step.finite and not step.empty)  # fmt: skip
                 bar.update(1)
                 self._check_finite(step, it, progress)
-                if (it % s.log_interval == 0 or it == s.max_iters) and not step.empty:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{step.loss:.4f}", lr=f"{lr:.2e}")
-                    self.tb.scalars({"train/loss": step.loss, "train/lr": lr}, it)
+                if it % s.log_interval == 0 or it == s.max_iters:
+                    meter = self._log_progress(it, step, meter, seconds / (it - start))
+                    if not step.empty:
+                        bar.set_postfix(loss=f"{step.loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                 metrics = self._after_step(it, progress) or metrics
                 if distributed.any_rank(stop.requested is not None) and it < s.max_iters:
                     self._save("last.pt", it, progress)
                     distributed.barrier()  # no rank exits (and makes torchrun stop the others) before last.pt is whole
                     raise self._interrupted(stop, it)
         return self._summary(metrics, progress, start, seconds)
+
+    def _log_progress(self, it: int, step: StepResult, meter: IntervalMeter, per_iteration: float) -> IntervalMeter:
+        """The interval's line in ``train.log`` (and the bar's postfix and TensorBoard); a fresh meter."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not step.empty:
+            self.tb.scalars({"train/loss": step.loss, "train/lr": lr}, it)
+            self.tb.scalars({f"train/loss_{name}": value for name, value in step.terms.items() if name != "out"}, it)
+        if distributed.current().is_main:
+            log.info(meter.line(it, self.settings.max_iters, lr, per_iteration, self.device))
+        return IntervalMeter(meter.images_per_iteration)
 
     def _after_step(self, it: int, progress: Progress) -> dict[str, Any] | None:
         """Validate (and keep ``best.pt``) or checkpoint when the schedule says so; the metrics if validated."""

@@ -35,18 +35,39 @@ class ResNetBackbone(Backbone):
     OS 8 dilates layer3 by 2 and layer4 by 4. ``multi_grid`` (e.g. (1, 2, 4)) sets the
     rates of layer4's three blocks to ``base_dilation * grid``. Without it the blocks
     keep torchvision's dilations, so torchvision's segmentation weights load exactly.
-    Features: ``low_level`` (layer1, 256 ch, stride 4) and ``out`` (layer4, 2048 ch).
+    Features: ``low_level`` (layer1, 256 ch, stride 4), ``stage3`` (layer3, 1024 ch: the
+    auxiliary FCN head's input) and ``out`` (layer4, 2048 ch).
+
+    ``deep_stem=True`` is ResNetV1c (mmsegmentation's backbone; Gluon's resnet*_v1c, timm's
+    ``resnet*c``): three 3x3 convs (32, 32, 64 channels, the first with stride 2), each with
+    BN+ReLU, replace the 7x7 conv. Its modules are named as mmcv's (``stem.0`` ... ``stem.7``)
+    so mmcv's ImageNet files load as they are. torchvision dilates like mmcv's
+    ``contract_dilation=True``: the first block of a dilated stage keeps the previous rate.
     """
 
-    def __init__(self, depth: str = "resnet101", output_stride: int = 16, multi_grid: Sequence[int] | None = None):
+    def __init__(
+        self,
+        depth: str = "resnet101",
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = None,
+        deep_stem: bool = False,
+    ):
         super().__init__()
         check_output_stride(output_stride)
         net = _FACTORIES[depth](weights=None, replace_stride_with_dilation=_DILATE[output_stride])
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        if deep_stem:
+            self.stem = deep_stem_layers()
+        else:
+            self.conv1, self.bn1, self.relu = net.conv1, net.bn1, net.relu
+        self.maxpool = net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         if multi_grid:
             self._apply_multi_grid(tuple(multi_grid), max(1, 32 // output_stride))
-        self.feature_info = {"low_level": FeatureInfo(256, 4), "out": FeatureInfo(2048, output_stride)}
+        self.feature_info = {
+            "low_level": FeatureInfo(256, 4),
+            "stage3": FeatureInfo(1024, min(output_stride, 16)),
+            "out": FeatureInfo(2048, output_stride),
+        }
 
     def _apply_multi_grid(self, grid: tuple[int, ...], base: int) -> None:
         if len(grid) != len(self.layer4):
@@ -56,9 +77,18 @@ class ResNetBackbone(Backbone):
             block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        low = self.layer1(x)
-        return {"low_level": low, "out": self.layer4(self.layer3(self.layer2(low)))}
+        x = self.stem(x) if hasattr(self, "stem") else self.relu(self.bn1(self.conv1(x)))
+        low = self.layer1(self.maxpool(x))
+        stage3 = self.layer3(self.layer2(low))
+        return {"low_level": low, "stage3": stage3, "out": self.layer4(stage3)}
+
+
+def deep_stem_layers() -> nn.Sequential:
+    """ResNetV1c's stem: conv3x3(3->32, stride 2), conv3x3(32->32), conv3x3(32->64), each + BN + ReLU."""
+    layers: list[nn.Module] = []
+    for cin, cout, stride in ((3, 32, 2), (32, 32, 1), (32, 64, 1)):
+        layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 @dataclass
@@ -81,4 +111,7 @@ def _torchvision_imagenet(depth: str):  # noqa: ANN202 - a loader for the regist
 for _depth in ("resnet50", "resnet101"):
     register_backbone(_depth, schema=ResNetConfig, load_imagenet=_torchvision_imagenet(_depth))(
         lambda output_stride, _d=_depth, **args: ResNetBackbone(_d, output_stride, **args)
+    )
+    register_backbone(f"{_depth}_v1c", schema=ResNetConfig, load_imagenet=_torchvision_imagenet(f"{_depth}_v1c"))(
+        lambda output_stride, _d=_depth, **args: ResNetBackbone(_d, output_stride, deep_stem=True, **args)
     )

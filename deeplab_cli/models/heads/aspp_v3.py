@@ -39,24 +39,34 @@ class ASPP(nn.Module):
     """DeepLab v3 ASPP (https://arxiv.org/abs/1706.05587, section 3.3).
 
     1x1 conv + three 3x3 atrous convs + image pooling, 256 ch each with BN+ReLU,
-    concatenated and projected to 256 (with dropout 0.5). Module names follow
+    concatenated and projected to 256 (with dropout 0.5). mmsegmentation's
+    ``DepthwiseSeparableASPPHead`` projects with a 3x3 conv and no dropout
+    (``project_kernel=3, dropout=0``). Module names follow
     torchvision's ``ASPP`` (and reuse its branch classes), so torchvision weights map
     one to one; ``separable=True`` swaps the atrous convs for separable ones (v3+).
     """
 
-    def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, separable: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        rates: Sequence[int],
+        out_channels: int = 256,
+        separable: bool = False,
+        project_kernel: int = 1,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         convs: list[nn.Module] = [conv_bn_relu(in_channels, out_channels, kernel=1)]
         branch = separable_conv if separable else ASPPConv
         convs += [branch(in_channels, out_channels, rate) for rate in rates]
         convs.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(convs)
-        self.project = nn.Sequential(
-            nn.Conv2d(len(convs) * out_channels, out_channels, 1, bias=False),
+        project: list[nn.Module] = [
+            nn.Conv2d(len(convs) * out_channels, out_channels, project_kernel, padding=project_kernel // 2, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-        )
+        ]
+        self.project = nn.Sequential(*project, *([nn.Dropout(dropout)] if dropout > 0 else []))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
@@ -99,19 +109,24 @@ class V3PlusHead(Head):
         low_level_out: int = 48,
         decoder_convs: int = 2,
         separable: bool = False,
+        project_kernel: int = 1,
+        aspp_dropout: float = 0.5,
+        classifier_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, rates, channels, separable)
+        self.aspp = ASPP(in_channels, rates, channels, separable, project_kernel, aspp_dropout)
         self.reduce = conv_bn_relu(low_level_channels, low_level_out, kernel=1)
         widths = [channels + low_level_out] + [channels] * decoder_convs
         block = separable_conv if separable else conv_bn_relu
         self.decoder = nn.Sequential(*(block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
+        # mmsegmentation's heads drop whole channels before the classifier (Dropout2d, 0.1)
+        self.dropout = nn.Dropout2d(classifier_dropout) if classifier_dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         low = self.reduce(feats["low_level"])
         x = F.interpolate(self.aspp(feats["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classifier(self.decoder(torch.cat([x, low], dim=1)))
+        return self.classifier(self.dropout(self.decoder(torch.cat([x, low], dim=1))))
 
 
 @dataclass
@@ -133,6 +148,10 @@ class V3PlusConfig:
     low_level_out: int = MISSING
     decoder_convs: int = MISSING
     separable: bool = MISSING
+    # added later: checkpoints written before them are read with these (the layout they were trained with)
+    project_kernel: int = 1  # the ASPP projection: 1x1 (paper, torchvision) | 3 (mmsegmentation)
+    aspp_dropout: float = 0.5  # after the ASPP projection (mmsegmentation: 0)
+    classifier_dropout: float = 0.0  # Dropout2d before the classifier (mmsegmentation: 0.1)
 
 
 def _rates(inputs: HeadInputs, args: dict) -> dict:
