@@ -19,7 +19,7 @@ if WORKERS > 1:
     torch.set_num_threads(_share)
 
 
-#: the longest test of the suite (about 10 minutes on 2 cores): started first, so it never finishes last
+#: the longest test of the suite (two halves of about 4.5 minutes each on 2 cores): started first, one per worker
 LONGEST = "test_readme_commands.py::test_readme_commands_run_and_leave_the_data_untouched"
 
 
@@ -29,13 +29,22 @@ SHARED_FIXTURES = {"voc_root": VOC_SAMPLE, "voc_sample": VOC_SAMPLE, "broken": V
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_shared(path): reads the real-data folder ../shared (DEEPLAB_SHARED)")
+    config.pluginmanager.register(_SlowFirst(), "deeplab-slow-first")
+
+
+class _SlowFirst:
+    """Orders the tests after ``-m`` has selected them, so the chunks are the selection's."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        items.sort(key=lambda item: (LONGEST not in item.nodeid, item.get_closest_marker("slow") is None))
+        items[:] = spread_slow_tests(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m needs_shared selects: the fixture-derived markers must be there
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Skip the tests whose real data is absent (one reason, saying how to provide it). Then order: the
-    longest test, then the slow ones, then the rest: xdist hands the first tests out in turn, so the long
-    ones start at once on different workers instead of one of them finishing last."""
+    """Skip the tests whose real data is absent (one reason, saying how to provide it). ``_SlowFirst`` then
+    orders the selection: the README's two halves and the slow tests dealt to the workers in turn."""
     for item in items:
         for name, path in SHARED_FIXTURES.items():
             if name in getattr(item, "fixturenames", ()):
@@ -43,7 +52,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         missing = [m.args[0] for m in item.iter_markers("needs_shared") if not m.args[0].exists()]
         if missing:
             item.add_marker(pytest.mark.skip(reason=shared_reason(missing[0])))
-    items.sort(key=lambda item: (not item.nodeid.endswith(LONGEST), item.get_closest_marker("slow") is None))
+
+
+def spread_slow_tests(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The slow tests dealt in turn into the first chunk of each worker, the rest after them.
+
+    xdist's ``load`` scheduler first sends each worker ``max(len(items) // workers // 4, 2)``
+    consecutive tests, then hands out the rest in order as workers free up. Slow tests left
+    next to each other land in one worker's first chunk (both README halves on one core
+    while the other idles); dealt into each chunk in turn, every worker starts with its share.
+    """
+    if workers < 2:
+        return items
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = iter([item for item in items if item.get_closest_marker("slow") is None])
+    chunk = max(len(items) // workers // 4, 2)
+    ordered: list[pytest.Item] = []
+    dealt = [slow[k::workers][:chunk] for k in range(workers)]
+    for share in dealt:
+        ordered += share + [item for _, item in zip(range(chunk - len(share)), rest, strict=False)]
+    placed = {id(item) for item in ordered}
+    return ordered + [item for item in items if id(item) not in placed]
 
 
 @pytest.hookimpl(hookwrapper=True)
