@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...data.layout import DatasetError
 from ...errors import DeepLabError, user_message
@@ -122,7 +123,7 @@ class Trainer:
         bar = tqdm(total=s.max_iters, initial=start, desc="train", disable=not (s.progress and info.is_main),
                    dynamic_ncols=True)  # fmt: skip
         meter = IntervalMeter(s.batch_size * s.accumulate)
-        with StopOnSignals() as stop, bar:
+        with StopOnSignals() as stop, bar, logging_redirect_tqdm():  # log lines print above the bar
             for it in range(start + 1, s.max_iters + 1):
                 tick = time.perf_counter()
                 batch = self._next_batch(batches, it, progress)
