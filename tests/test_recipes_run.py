@@ -18,6 +18,7 @@ from clitools import cli
 from PIL import Image
 from test_dataset_families import cityscapes_tree
 
+from deeplab_cli.cli import evaluate as eval_mod
 from deeplab_cli.cli import train as train_mod
 from deeplab_cli.config.compose import compose as compose_train
 
@@ -27,6 +28,7 @@ SMALL = [
     "model.pretrained=false", "trainer.max_iters=2", "trainer.val_interval=2", "trainer.log_interval=1",
     "trainer.batch_size=2", "trainer.progress=false", "dataset.num_workers=0", "trainer.num_vis_images=0",
 ]  # fmt: skip
+EVAL = ["eval.num_workers=0", "eval.progress=false", "eval.plots=false"]
 PROGRESS = re.compile(
     r"iter (\d+)/(\d+) \| loss ([\d.]+)(?: \(([^)]*)\))? \| lr ([\d.e+-]+) \| data [\d.]+ s \| step [\d.]+ s"
     r" \| [\d.]+ img/s \| eta \d+:\d\d:\d\d \| peak (GPU|RSS) \d+ MiB"
@@ -49,8 +51,10 @@ def ade20k_tree(root: Path) -> Path:
 
 
 RUNS = {
-    "deeplabv3plus_resnet101_cityscapes": (cityscapes_tree, ["dataset.crop_size=32", "dataset.crop_width=48",
-                                                             "dataset.fit_size=[84,60]"]),  # fmt: skip
+    "deeplabv3plus_resnet101_cityscapes": (
+        cityscapes_tree,
+        ["dataset.crop_size=32", "dataset.crop_width=48", "dataset.fit_size=[84,60]"],
+    ),  # fmt: skip
     "deeplabv3plus_resnet101_ade20k": (ade20k_tree, ["dataset.crop_size=32", "dataset.fit_size=[84,60]"]),
     "deeplabv3plus_xception65_cityscapes": (cityscapes_tree, ["dataset.crop_size=33"]),
 }
@@ -79,6 +83,16 @@ def test_every_recipe_trains_two_iterations_with_all_its_options(
         else:
             assert not terms
     assert float(lines[-1].group(5)) == pytest.approx(cfg.optim.min_lr, rel=1e-6, abs=1e-12)  # poly ends on its floor
+    # deeplab-eval on the checkpoint evaluates as the run's validation did (at dataset.fit_size where set)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    for run_dir in ("eval", "eval2"):
+        (tmp_path / run_dir).mkdir()
+    evaluated = eval_mod.run_eval(compose_train([f"checkpoint={ckpt}", *EVAL], tmp_path / "eval", config_name="eval"))
+    assert evaluated["confusion_matrix"] == metrics["confusion_matrix"]
+    if cfg.dataset.fit_size is not None:  # and the fit matters: at the stored size the counts differ
+        native = [f"checkpoint={ckpt}", "dataset.fit_size=null", *EVAL]
+        other = eval_mod.run_eval(compose_train(native, tmp_path / "eval2", config_name="eval"))
+        assert other["confusion_matrix"] != metrics["confusion_matrix"]
 
 
 def test_train_log_starts_with_the_header_and_has_a_line_every_log_interval(tmp_path: Path) -> None:
