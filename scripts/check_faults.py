@@ -41,6 +41,8 @@ class Fault:
 
 KA = "tests/test_known_answers.py"
 RO = "tests/test_recipe_options.py"
+OD = "tests/test_own_data.py"
+PS = "tests/test_predict_safety.py"
 FAULTS: tuple[Fault, ...] = (
     # --- issue 22's list -----------------------------------------------------------------------------------
     Fault("training never updates the weights (no optimizer step)", "deeplab_cli/engine/train/loop.py", "train_step",
@@ -227,6 +229,45 @@ FAULTS: tuple[Fault, ...] = (
     Fault("no progress lines in train.log", "deeplab_cli/engine/train/trainer.py", "Trainer._log_progress",
           "            log.info(meter.line(", "            log.debug(meter.line(",
           ("tests/test_recipes_run.py::test_train_log_starts_with_the_header_and_has_a_line_every_log_interval",)),
+    # --- issue 29: own data without surprises -------------------------------------------------------------
+    Fault("a flat folder validates on its training files (no holdout)", "deeplab_cli/config/datasets.py",
+          "dataset_layout", "    if layout.is_flat and dataset.get(\"holdout\") is not None",
+          "    if False and layout.is_flat and dataset.get(\"holdout\") is not None",
+          (f"{OD}::test_flat_folder_gets_a_disjoint_deterministic_stratified_holdout",)),
+    Fault("overlapping splits not checked", "deeplab_cli/data/preflight.py", "overlap_problems",
+          "            if not shared:\n                continue", "            if True:\n                continue",
+          (f"{OD}::test_train_equal_to_val_is_refused_with_the_count_and_examples",
+           f"{OD}::test_overlapping_split_lists_are_refused")),
+    Fault("absent classes not refused (0/255 masks give mIoU 100)", "deeplab_cli/data/preflight.py",
+          "absent_class_problems", "    if not absent or not stats.masks:", "    if True:",
+          (f"{OD}::test_binary_255_masks_are_refused_with_the_label_map_line",)),
+    Fault("holdout not stratified (the first images held out)", "deeplab_cli/data/holdout.py", "split_holdout",
+          "    val = fold == 0\n", "    val = np.arange(len(stems)) < len(stems) // k\n",
+          (f"{OD}::test_flat_folder_gets_a_disjoint_deterministic_stratified_holdout",)),
+    Fault("JPEG masks read as values", "deeplab_cli/data/segmentation.py", "read_raw_mask",
+          "            if img.format in LOSSY_FORMATS:", "            if False:",
+          (f"{OD}::test_jpeg_masks_are_named_as_such",)),
+    Fault("EXIF orientation ignored", "deeplab_cli/data/segmentation.py", "load_image",
+          "np.array(ImageOps.exif_transpose(img).convert(\"RGB\"))", "np.array(img.convert(\"RGB\"))",
+          (f"{OD}::test_exif_rotated_photos_are_read_as_shown_and_checked_so",)),
+    Fault("skipped share never checked", "deeplab_cli/config/preflight.py", "_check_share",
+          "    if count and bad / count > limit:", "    if False:",
+          (f"{OD}::test_a_split_mostly_skipped_fails_before_training",)),
+    Fault("predict writes into its input folder", "deeplab_cli/engine/runtime/outputs.py", "check_output_folder",
+          "    if overwrite:\n        return\n    target", "    if True:\n        return\n    target",
+          (f"{PS}::test_output_into_the_input_folder_is_refused_and_nothing_changes",
+           f"{PS}::test_output_folder_rules_in_process")),
+    Fault("predict replaces files it did not write", "deeplab_cli/engine/runtime/outputs.py", "OutputFolder.claim",
+          "        if self.overwrite:\n            return\n        foreign",
+          "        if True:\n            return\n        foreign",
+          (f"{PS}::test_output_folder_rules_in_process",)),
+    Fault("overlay without a legend", "deeplab_cli/cli/predict.py", "_Outputs.__call__",
+          "        picture = with_legend(mixed, shown, names, palette)", "        picture = mixed",
+          (f"{PS}::test_its_own_outputs_are_replaced_on_a_second_run_and_have_a_legend_and_palette",)),
+    Fault("class 0 black in generated palettes", "deeplab_cli/config/datasets.py", "palette",
+          "    table = voc_colormap() if d.get(\"family\", \"voc\") == \"voc\" else distinct_colormap()",
+          "    table = voc_colormap()",
+          (f"{OD}::test_generic_datasets_get_distinct_colours_with_class_0_not_black",)),
 )  # fmt: skip
 
 

@@ -80,7 +80,9 @@ def broken(tmp_path_factory) -> tuple[Path, dict[tuple[str, str], str]]:
 
 
 def check_args(root: Path, run_dir: Path) -> list[str]:
-    return ["dataset=voc", f"dataset.root={root}", "splits=[train,val]", "progress=false", f"hydra.run.dir={run_dir}"]
+    # the 4 training images of the VOC sample hold 8 of the 21 classes: not a problem the tests plant
+    return ["dataset=voc", f"dataset.root={root}", "splits=[train,val]", "progress=false", f"hydra.run.dir={run_dir}",
+            "dataset.allow_absent_classes=true"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

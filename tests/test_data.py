@@ -292,7 +292,7 @@ def _mini_voc(root: Path, image_size=(8, 6), mask_size=(8, 6), mask_mode="P", sp
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True)
     Image.new("RGB", image_size, (10, 20, 30)).save(voc / "JPEGImages" / "a.jpg")
-    Image.new(mask_mode, mask_size, 1 if mask_mode in ("P", "L") else (1, 1, 1)).save(
+    Image.new(mask_mode, mask_size, 1 if mask_mode in ("P", "L") else (128, 0, 0)).save(
         voc / "SegmentationClass" / "a.png"
     )
     for split in splits:

@@ -153,14 +153,15 @@ def test_camvid_train_and_val_grouped_by_sequence(tmp_path: Path) -> None:
 
 @needs_shared(CAMVID)
 def test_training_on_a_fold_reads_its_lists_from_both_folders(tmp_path: Path) -> None:
-    from deeplab_cli.config.datasets import check_dataset_lists, validate_dataset
+    from deeplab_cli.config.datasets import validate_dataset
+    from deeplab_cli.config.preflight import check_before_training
 
     _, out = split(tmp_path, [*CAMVID_DATASET, "splits=[train,val]", "k=3", f"group={SEQUENCE}", f"out={tmp_path}/f"])
     train, val = read_lists(out, 3)
     fold = next(i for i in range(3) if any(line.endswith(" val") for line in train[i]))
     cfg = compose_train([*CAMVID_DATASET, f"dataset.folds={out}", f"dataset.fold={fold}", "dataset.num_workers=0"])
     validate_dataset(cfg)
-    assert check_dataset_lists(cfg) == []
+    assert check_before_training(cfg, tmp_path / "run").skipped == []
     loader = datasets.make_train_loader(cfg, 0)
     ds = loader.dataset
     assert ds.ids == [line.split()[0] for line in train[fold]]

@@ -23,10 +23,12 @@ from ..config.datasets import (
     label_mapping,
     requested_splits,
     split_names,
+    train_split,
     validate_dataset,
     worker_count,
 )
 from ..data.check import LabelStats, Problem, check_split, format_report, summarize
+from ..data.preflight import absent_class_problems, overlap_problems
 from . import _hydra
 
 
@@ -62,6 +64,12 @@ def run_check(cfg: DictConfig, run_dir: Path) -> list[Problem]:
         checked[split] = result.count
         if result.stats is not None:
             stats[split] = result.stats
+    if not dataset.allow_overlap and len(splits) > 1:
+        problems += overlap_problems(layout, splits)
+    train = train_split(dataset)
+    if train in stats and not dataset.allow_absent_classes:
+        found = stats[train]
+        problems += absent_class_problems(layout, train, found, names, layout.listing(train).stems, dataset.num_classes)
     problems = list(dict.fromkeys(problems))  # a file listed in several splits is reported once
     print(f"dataset {dataset.name}: {layout.root}")
     print(format_report(problems, checked))

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .._paths import config_dir
-from ..config import datasets, evaluation, runtime
+from ..config import datasets, evaluation, preflight, runtime
 from ..config.checkpoints import load_with_provenance
 from ..data import results
 from ..data.palette import voc_colormap
@@ -125,6 +125,13 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     export = cfg.eval.export
     split = cfg.eval.split or (train_cfg.dataset.test_split if export else None)
     dataset = datasets.make_eval_dataset(train_cfg, split, require_masks=export is None, skip_log=run_dir / SKIP_LOG)
+    preflight.check_eval_holdout(
+        str(cfg.checkpoint),
+        dataset.layout,
+        dataset.split,
+        dataset.layout.listing(dataset.split).stems,
+        bool(train_cfg.dataset.allow_overlap),
+    )
     has_targets = export is None or dataset.has_masks()
     t = train_cfg.trainer
     settings = replace(

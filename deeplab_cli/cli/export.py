@@ -111,7 +111,10 @@ def write(cfg: DictConfig, train_cfg: DictConfig, deploy: DeployModel, path: Pat
 def verify(cfg: DictConfig, deploy: DeployModel, path: Path) -> dict[str, Any]:
     """Compare the file with PyTorch; delete it and fail when it is outside the tolerance."""
     runner = onnx_runner(path) if cfg.format == "onnx" else program_runner(path)
-    images = file_images(resolve_inputs(cfg.verify.input)) if cfg.verify.input else generated_images(cfg.verify.sizes)
+    if cfg.verify.input:
+        images = file_images(resolve_inputs(cfg.verify.input).files)
+    else:
+        images = generated_images(cfg.verify.sizes)
     if not cfg.dynamic:
         size = tuple(cfg.verify.sizes[0])
         images = [(n, im) for n, im in images if im.shape[:2] == size] or generated_images([size])

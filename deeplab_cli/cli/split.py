@@ -182,6 +182,7 @@ def run_split(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Read the masks, make the folds, write the lists and ``folds.json``; returns the report."""
     dataset = dataset_node(cfg)
     dataset.fold = None  # the split tool makes folds; it does not read them
+    dataset.holdout = None  # nor a flat folder's holdout: its folds are cut from every image
     workers = worker_count(cfg.workers)
     splits = split_names(cfg.splits if cfg.splits is not None else [dataset.train_split], dataset)
     root = dataset.root

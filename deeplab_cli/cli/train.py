@@ -16,9 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .._paths import config_dir
-from ..config import checks, datasets, evaluation, models, runtime, training
+from ..config import checks, datasets, evaluation, models, preflight, runtime, training
 from ..config.checkpoints import init_from_checkpoint, reheaded
 from ..config.header import RunFacts, built_lines, launch_lines
+from ..data.layout import DatasetError
 from ..data.segmentation import skipped_samples
 from ..engine.report.logger import TensorBoardLogger, format_table
 from ..engine.report.pictures import save_pictures
@@ -56,12 +57,15 @@ def _resume_from(run_dir: Path, resume: str) -> Path | None:
 
 
 def _save(
-    path: Path, iteration: int, best: float, *, model, optimizer, scheduler, cfg: DictConfig, scaler=None, init=None
+    path: Path, iteration: int, best: float, *, model, optimizer, scheduler, cfg: DictConfig, scaler=None, init=None,
+    holdout=None,
 ) -> None:
     """A training checkpoint: everything to resume (weights, optimiser, schedule, RNG) and to rebuild (config)."""
     extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
     if init is not None:
         extra["init_weights"] = init
+    if holdout is not None:
+        extra["holdout"] = holdout  # which images of a flat folder were validation: eval checks it is the same
     atomic_save(
         {
             **extra,
@@ -99,6 +103,12 @@ def validate_model(
             tb.panel(f"val/panel_{len(shown) - 1}", dataset.load_rgb(index), target, pred, step)
 
     metrics = evaluation.evaluate_split(model, cfg, dataset, device, cfg.dataset.num_workers, show)
+    if not metrics.get("num_images"):
+        raise DatasetError(
+            f"the validation split {dataset.split!r} ({len(dataset)} images, {dataset.source}) gave no image to "
+            f"score: every one was skipped (dataset.on_error=skip; see {run_dir / SKIP_LOG}). A run that cannot be "
+            "measured is not reported; fix the files or the split."
+        )
     tb.metrics(metrics, step)
     if main_rank:
         matrix = torch.tensor(metrics["confusion_matrix"])
@@ -114,6 +124,7 @@ class _Start:
     provenance: Provenance
     resume_path: Path | None
     loss: LossSpec
+    sizes: dict[str, int]  # images per split, from the pass before training (rank 0)
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -137,7 +148,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         model, optimizer, scheduler, scaler, device, training.train_settings(cfg, begin.loss), run_dir, tb,
         validate=lambda it, final: validate_model(model, cfg, device, tb, it, run_dir, final),
         save=partial(_save, model=model, optimizer=optimizer, scheduler=scheduler, cfg=cfg, scaler=scaler,
-                     init=provenance.as_dict()),
+                     init=provenance.as_dict(), holdout=preflight.holdout_record(run_dir)),
     )  # fmt: skip
     try:
         loader = datasets.make_train_loader(cfg, start, run_dir / SKIP_LOG, info.rank, info.world_size)
@@ -147,7 +158,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             metrics = validate_model(model, cfg, device, tb, cfg.trainer.max_iters, run_dir, final=True)
     finally:
         tb.close()
-    return _report(metrics, cfg, provenance, run_dir, info)
+    return _report(metrics, cfg, provenance, run_dir, info, begin.sizes)
 
 
 def _log_launch(cfg: DictConfig) -> None:
@@ -178,7 +189,7 @@ def _prepare(cfg: DictConfig, info: distributed.DistInfo) -> tuple[_Start, torch
     runtime.validate_distributed(cfg, info.world_size, device)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_writable(run_dir / "checkpoints", "the checkpoint folder of the run directory (hydra.run.dir)")
-    _check_data(cfg, info)
+    sizes = _check_data(cfg, info, run_dir)
     loss = _loss_spec(cfg, run_dir, info)
     resume = str(cfg.resume).lower()
     if resume == "false" and slurm.restart_count() > 0:
@@ -189,9 +200,9 @@ def _prepare(cfg: DictConfig, info: distributed.DistInfo) -> tuple[_Start, torch
     if imported is not None and resume_path is None:
         same_classes = imported.num_classes == cfg.model.num_classes
         model = imported if same_classes else reheaded(cfg, imported)
-        return _Start(model, provenance, None, loss), device, run_dir
+        return _Start(model, provenance, None, loss, sizes), device, run_dir
     model, built = models.make_model_with_provenance(cfg, cfg.model.pretrained and resume_path is None)
-    return _Start(model, provenance or built, resume_path, loss), device, run_dir
+    return _Start(model, provenance or built, resume_path, loss, sizes), device, run_dir
 
 
 def _placed(model: torch.nn.Module, cfg: DictConfig, device: torch.device, info: distributed.DistInfo):
@@ -234,7 +245,12 @@ def _resume(path: Path, model, optimizer, scheduler, scaler) -> tuple[int, float
 
 
 def _report(
-    metrics: dict[str, Any], cfg: DictConfig, provenance: Provenance, run_dir: Path, info: distributed.DistInfo
+    metrics: dict[str, Any],
+    cfg: DictConfig,
+    provenance: Provenance,
+    run_dir: Path,
+    info: distributed.DistInfo,
+    sizes: dict[str, int],
 ) -> dict[str, Any]:
     """The final metrics with the run's facts; rank 0 writes ``metrics.json`` and logs the table."""
     metrics["iteration"] = cfg.trainer.max_iters
@@ -251,17 +267,24 @@ def _report(
         )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("final validation:\n%s", format_table(metrics))
+    if skipped is not None:  # after metrics.json: the numbers stay readable, but the run fails
+        preflight.check_skipped(run_dir / SKIP_LOG, sizes, float(cfg.dataset.max_skipped))
     return metrics
 
 
-def _check_data(cfg: DictConfig, info: distributed.DistInfo) -> None:
-    """The split lists before training; rank 0 first, as it may generate the synthetic dataset."""
+def _check_data(cfg: DictConfig, info: distributed.DistInfo, run_dir: Path) -> dict[str, int]:
+    """The pass over the data before training (rank 0 in full first: it may generate the synthetic set);
+    the splits' sizes."""
+    sizes: dict[str, int] = {}
     if info.is_main:
-        for problem in datasets.check_dataset_lists(cfg):  # raises unless dataset.on_error=skip
+        found = preflight.check_before_training(cfg, run_dir)  # raises unless dataset.on_error=skip
+        sizes = found.sizes
+        for problem in found.skipped:
             log.warning("dataset check: %s: %s: %s (will be skipped)", problem.kind, problem.path, problem.reason)
     distributed.barrier()
     if not info.is_main:
-        datasets.check_dataset_lists(cfg)
+        preflight.check_before_training(cfg, run_dir, deep=False)
+    return sizes
 
 
 def _loss_spec(cfg: DictConfig, run_dir: Path, info: distributed.DistInfo) -> LossSpec:

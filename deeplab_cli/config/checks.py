@@ -29,9 +29,12 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.resume).lower() not in RESUME_VALUES:
         raise ConfigError(f"resume={cfg.resume!r}; choose one of {', '.join(RESUME_VALUES)}.")
     if cfg.model.num_classes != cfg.dataset.num_classes:
+        n = cfg.model.num_classes
         raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes} disagrees with dataset.num_classes="
-            f"{cfg.dataset.num_classes} ({cfg.dataset.name}); set both to the number of classes."
+            f"model.num_classes={n} disagrees with dataset.num_classes={cfg.dataset.num_classes} "
+            f"({cfg.dataset.name}). A checkpoint's model predicts its {n} classes: evaluate it on data with {n} "
+            f"classes (dataset.num_classes={n}, with that dataset's dataset.root, label keys and class_names), "
+            f"or, to train, set both to the number of classes (model.init_from= re-heads a checkpoint)."
         )
     if cfg.model.output_stride not in (8, 16, 32):
         raise ConfigError(f"model.output_stride={cfg.model.output_stride}; choose one of 8, 16, 32.")

@@ -5,7 +5,10 @@ Like the rest of :mod:`deeplab_cli.config`, only commands call this; modules nev
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +18,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
 
-from ..data.check import Problem, check_command, check_split, require_clean
+from ..data.check import check_split
 from ..data.class_weights import WEIGHTINGS, check_explicit, count_labels, weights_from_stats
 from ..data.collate import collate_kept
 from ..data.families import resolve_root
 from ..data.folds import check_fold, read_folds_info
+from ..data.holdout import Holdout, check_fraction, split_holdout
 from ..data.labels import LabelMapping
-from ..data.layout import FOLD_SPLIT, Layout
-from ..data.palette import VOC_CLASSES, voc_colormap
+from ..data.layout import FOLD_SPLIT, DatasetError, Layout
+from ..data.palette import VOC_CLASSES, distinct_colormap, voc_colormap
 from ..data.sampler import IterationBatchSampler
 from ..data.segmentation import SegmentationDataset
 from ..data.synthetic import SyntheticSpec, ensure_synthetic_voc
@@ -31,6 +35,8 @@ from ..engine.train.losses import LossSpec
 from ..errors import ConfigError
 from ..models.builder import backbone_preprocess
 from .schema import DatasetConfig
+
+log = logging.getLogger(__name__)
 
 
 def normalisation(cfg: DictConfig) -> tuple[list[float], list[float], bool]:
@@ -87,7 +93,9 @@ def dataset_layout(dataset: DictConfig, splits: list[str], root: str | None = No
     """Where the files of ``splits`` are; the tree is found under ``dataset.root`` (or ``root``).
 
     A fold split (``fold<i>_train``/``_val`` with ``dataset.folds`` set) stands for the
-    splits its images come from, as ``folds.json`` records them.
+    splits its images come from, as ``folds.json`` records them. A flat folder (one image
+    folder for every split, no lists) gets its training and validation splits from the
+    holdout (``dataset.holdout``).
     """
     folds = Path(dataset.folds).expanduser() if dataset.get("folds") else None
     sources = []
@@ -96,11 +104,74 @@ def dataset_layout(dataset: DictConfig, splits: list[str], root: str | None = No
             sources += read_folds_info(folds)["splits"]
         else:
             sources.append(split)
-    image_dirs = [dataset.image_dir.format(split=s) for s in dict.fromkeys(sources)]
+    image_dir, mask_dir = flat_dirs(dataset, root or dataset.root, sources) or (dataset.image_dir, dataset.mask_dir)
+    image_dirs = [image_dir.format(split=s) for s in dict.fromkeys(sources)]
     tree = resolve_root(dataset.family, root or dataset.root, image_dirs)
-    return Layout(
-        tree, dataset.image_dir, dataset.mask_dir, dataset.image_suffix, dataset.mask_suffix, dataset.split_list, folds
-    )
+    layout = Layout(tree, image_dir, mask_dir, dataset.image_suffix, dataset.mask_suffix, dataset.split_list, folds)
+    if layout.is_flat and dataset.get("holdout") is not None and train_split(dataset) != val_split(dataset):
+        train, val = holdout_splits(layout, dataset)
+        layout = replace(layout, assigned=((train_split(dataset), tuple(train)), (val_split(dataset), tuple(val))))
+    return layout
+
+
+def _without_split(folder: str) -> str | None:
+    """``images/{split}`` -> ``images``; None when ``{split}`` is not a whole trailing path component."""
+    parts = folder.split("/")
+    return "/".join(parts[:-1]) or "." if parts[-1] == "{split}" and "{split}" not in parts[:-1] else None
+
+
+def flat_dirs(dataset: DictConfig, root: str, splits: list[str]) -> tuple[str, str] | None:
+    """``(image_dir, mask_dir)`` without ``/{split}`` when a generic dataset's folders turn out flat.
+
+    ``images/{split}`` + ``masks/{split}`` (the folder preset) pointed at ``images/*.jpg`` +
+    ``masks/*.png`` with no split sub-folders: the flat folder is used, and the holdout
+    (``dataset.holdout``) cuts the validation split from it.
+    """
+    if dataset.family != "generic" or dataset.split_list is not None:
+        return None
+    image_dir, mask_dir = _without_split(dataset.image_dir), _without_split(dataset.mask_dir)
+    base = Path(root).expanduser()
+    if image_dir is None or mask_dir is None or not (base / image_dir).is_dir():
+        return None
+    if any((base / dataset.image_dir.format(split=s)).is_dir() for s in splits):
+        return None
+    if not any(p.name.endswith(dataset.image_suffix) for p in (base / image_dir).iterdir()):
+        return None
+    if image_dir not in _FLAT_SEEN:
+        _FLAT_SEEN.add(image_dir)
+        log.info(
+            "%s holds the images with no split sub-folders (%s): using image_dir=%s, mask_dir=%s and a holdout split",
+            base / image_dir, ", ".join(dataset.image_dir.format(split=s) for s in splits), image_dir, mask_dir,
+        )  # fmt: skip
+    return image_dir, mask_dir
+
+
+_FLAT_SEEN: set[str] = set()
+
+
+def holdout_spec(dataset: DictConfig) -> Holdout:
+    return Holdout(float(dataset.holdout), int(dataset.get("holdout_seed", 0)), dataset.get("holdout_group"))
+
+
+def holdout_splits(layout: Layout, dataset: DictConfig) -> tuple[list[str], list[str]]:
+    """(train stems, val stems) of a flat folder; computed once per process for a given folder state."""
+    folder, masks = layout.image_folder(""), layout.mask_folder("")
+    state = tuple(p.stat().st_mtime_ns if p.is_dir() else 0 for p in (folder, masks))
+    mapping = json.dumps(
+        {k: OmegaConf.to_container(dataset[k]) if OmegaConf.is_config(dataset[k]) else dataset.get(k)
+         for k in ("num_classes", "label_map", "reduce_zero_label", "ignore_values", "color_map")}, sort_keys=True
+    )  # fmt: skip
+    return _holdout_cached(layout, mapping, state, holdout_spec(dataset))
+
+
+@functools.lru_cache(maxsize=8)
+def _holdout_cached(layout: Layout, mapping: str, state: tuple[int, ...], spec: Holdout) -> tuple[list[str], list[str]]:
+    check_fraction(spec.fraction)
+    found = check_split(layout, "all", LabelMapping.from_options(**json.loads(mapping)), decode_images=False)
+    if not found.stems:
+        problem = found.problems[0]
+        raise DatasetError(f"{problem.path}: {problem.reason.rstrip('.')}.")
+    return split_holdout(found.stems, found.per_image, spec)  # type: ignore[arg-type]
 
 
 def check_folds(dataset: DictConfig) -> None:
@@ -140,11 +211,12 @@ def class_names(cfg: DictConfig) -> list[str]:
 def palette(cfg: DictConfig) -> np.ndarray:
     """(256, 3) uint8 class colours: ``dataset.palette``, else the ``color_map`` colours, else generated.
 
-    The generated colours are VOC's bit-interleaved ``VOClabelcolormap``: VOC's own
-    palette, and distinct colours for any other class count.
+    VOC-layout data gets VOC's bit-interleaved ``VOClabelcolormap`` (class 0 black, as VOC
+    draws its background); any other dataset Kelly's distinct colours, so class 0 (often a
+    class like the others: CamVid's sky) is not black.
     """
     d = cfg.dataset
-    table = voc_colormap()
+    table = voc_colormap() if d.get("family", "voc") == "voc" else distinct_colormap()
     given = d.get("palette")
     if given:
         table[: len(given)] = np.array(OmegaConf.to_container(given), dtype=np.uint8)
@@ -173,31 +245,6 @@ def validate_dataset(cfg: DictConfig) -> None:
             )
     label_mapping(d)
     check_folds(d)
-
-
-#: Problems no ``dataset.on_error=skip`` can work around.
-_FATAL_KINDS = ("missing_list", "empty_list", "missing_dir", "no_images")
-
-
-def check_dataset_lists(cfg: DictConfig) -> list[Problem]:
-    """The cheap check before training: split lists exist, are not empty, have no duplicates,
-    and every listed image and mask exists (no decoding; milliseconds for VOC's 10,582 ids).
-
-    With ``dataset.on_error=skip`` only problems that skipping cannot fix raise; the rest
-    are returned for a warning and handled sample by sample.
-    """
-    d = cfg.dataset
-    splits = list(dict.fromkeys([train_split(d), val_split(d)]))
-    layout = layout_for(cfg, *splits)
-    labels = label_mapping(d)
-    found: list[Problem] = []
-    for split in splits:
-        problems = check_split(layout, split, labels, deep=False).problems
-        if d.on_error == "skip":
-            found += problems
-            problems = [p for p in problems if p.kind in _FATAL_KINDS]
-        require_clean(problems, split, check_command(d.name, d.root, [split]))
-    return found
 
 
 def fit_size(dataset: DictConfig) -> tuple[int, int] | None:

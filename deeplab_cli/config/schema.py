@@ -122,6 +122,14 @@ class DatasetConfig:
     synthetic: Optional[SyntheticConfig] = None
     folds: Optional[str] = None  # a folder deeplab-split wrote; with fold=i, train/val are its fold i lists
     fold: Optional[int] = None
+    # A flat folder (image_dir without {split}, no split_list): this share of its images is held out for
+    # validation, stratified by class presence (rounded to 1/k: 0.2 -> 1/5); null: train and val are all of it.
+    holdout: Optional[float] = 0.2
+    holdout_seed: int = 0
+    holdout_group: Optional[str] = None  # a regex; images whose ids share its match stay on one side of the cut
+    allow_overlap: bool = False  # true: train and val (or test) may share image files (otherwise an error)
+    allow_absent_classes: bool = False  # true: a class with no labelled training pixel is a warning, not an error
+    max_skipped: float = 0.1  # on_error=skip: the run fails when more than this share of a split is skipped
 
 
 @dataclass
@@ -252,8 +260,11 @@ class EvalConfig(NetworkConfig):
 @dataclass
 class PredictConfig(EvalConfig):
     input: str = MISSING
-    output: Optional[str] = None  # default: <run dir>/predictions
+    output: Optional[str] = None  # default: <run dir>/predictions; never an input folder or a dataset root
     overlay_alpha: float = 0.5  # opacity of the class colours in <id>_overlay.jpg
+    overwrite: bool = False  # true: replace files in output= that this command did not write, write anywhere
+    recursive: bool = False  # a folder input: search its sub-folders too (ids keep them: sub/name)
+    on_error: str = "raise"  # raise: an unreadable input stops the command before any output; skip: listed
 
 
 @dataclass

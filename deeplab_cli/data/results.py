@@ -25,11 +25,16 @@ VOC_RESULTS_SUBDIR = RESULTS_SUBDIR / "VOC2012" / "Segmentation" / "comp6_test_c
 
 def save_prediction(out_dir: Path, image_id: str, pred: torch.Tensor, palette: np.ndarray) -> None:
     """A palette PNG of the image's size (``image_id`` may hold sub-folders, as Cityscapes' ``city/name``)."""
-    img = Image.fromarray(pred.to(torch.uint8).cpu().numpy(), mode="P")
-    img.putpalette(palette.reshape(-1).tolist())
     path = out_dir / f"{image_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    save_prediction_file(path, pred, palette)
+
+
+def save_prediction_file(path: Path, pred: torch.Tensor, palette: np.ndarray) -> None:
+    """``pred`` as a palette PNG at ``path`` (the format is PNG whatever the name's ending)."""
+    img = Image.fromarray(pred.to(torch.uint8).cpu().numpy(), mode="P")
+    img.putpalette(palette.reshape(-1).tolist())
+    img.save(path, format="PNG")
 
 
 def voc_results_dir(run_dir: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -35,13 +35,40 @@ def skipped_samples(log_file: Path) -> dict[str, Any] | None:
     return {"count": len(errors), "log": str(log_file), "errors": errors}
 
 
+#: Formats whose compression changes pixel values: a mask stored so holds values no one drew.
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")
+
+
+def lossy_mask_reason(fmt: str | None) -> str:
+    """Why a JPEG (or other lossy) mask cannot be used, and how to fix it."""
+    return (
+        f"is a {fmt} file: lossy compression changes the values near every edge (a mask of classes 0..3 comes back "
+        "with 12, 13, 14 ...), so no label mapping can recover them. Masks must be PNG (palette 'P' or greyscale "
+        "'L'): export them again as PNG from the annotation tool, not converted from the JPEG"
+    )
+
+
+def equal_channels(rgb: np.ndarray) -> bool:
+    """Whether an (H, W, 3+) image is grey stored as RGB: every pixel's R, G and B are the same."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
 def read_raw_mask(path: Path, colours: bool) -> np.ndarray:
-    """The stored values of a mask: (H, W) uint8 from a palette/greyscale PNG, (H, W, 3) with ``colours``."""
+    """The stored values of a mask: (H, W) uint8 from a palette/greyscale PNG, (H, W, 3) with ``colours``.
+
+    An RGB mask whose three channels are equal is a greyscale index mask saved as RGB
+    (many image editors do that): its one channel is the class index.
+    """
     try:
         with Image.open(path) as img:
+            if img.format in LOSSY_FORMATS:
+                raise SampleError(f"mask {path} {lossy_mask_reason(img.format)}.")
             if colours:
                 return np.array(img.convert("RGB"))
             if img.mode in ("RGB", "RGBA"):
+                rgb = np.array(img)
+                if equal_channels(rgb):
+                    return np.ascontiguousarray(rgb[..., 0])
                 raise SampleError(
                     f"mask {path} has mode {img.mode}: it stores colours, not class indices. Set dataset.color_map "
                     "to the colour of each class (\"R,G,B\": class), or convert the masks to palette ('P') or "
@@ -69,14 +96,33 @@ def load_mask(path: Path, labels: LabelMapping) -> np.ndarray:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB image (H, W, 3) uint8, fully decoded so a truncated file fails here, naming itself."""
+    """RGB image (H, W, 3) uint8 as viewers show it (EXIF orientation applied), fully decoded so a
+    truncated file fails here, naming itself."""
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
+            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
     except FileNotFoundError:
         raise SampleError(f"image {path} does not exist (listed in the split).") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise SampleError(f"image {path} cannot be read ({exc}); it is truncated or not an image.") from None
+
+
+#: EXIF orientations that turn the picture by 90 degrees (width and height swap).
+_TRANSPOSING = (5, 6, 7, 8)
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored), read from the header only."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a malformed EXIF block: the pixels are read as stored
+        return 1
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as :func:`load_image` returns the image: swapped for a 90-degree EXIF orientation."""
+    w, h = img.size
+    return (h, w) if exif_orientation(img) in _TRANSPOSING else (w, h)
 
 
 class SegmentationDataset(Dataset):
@@ -146,7 +192,8 @@ class SegmentationDataset(Dataset):
     def image_size(self, index: int) -> tuple[int, int]:
         """(H, W) from the file header, without decoding the image (for size-sorted batches)."""
         with Image.open(self.image_path(index)) as img:
-            return img.height, img.width
+            width, height = displayed_size(img)
+            return height, width
 
     def load_target(self, index: int) -> Tensor | None:
         """The class-index mask as a (H, W) int64 tensor, or None when masks are optional and absent."""

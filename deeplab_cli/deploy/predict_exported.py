@@ -19,8 +19,8 @@ from .exporters import ExportError, onnx_runner, program_runner, read_metadata
 
 EXPORTED_SUFFIXES = (".onnx", ".pt2")
 
-#: writes one image's outputs: (dataset, index, labels, palette, keep_background)
-Writer = Callable[[ImageFiles, int, torch.Tensor, np.ndarray, bool], None]
+#: writes one image's outputs: (dataset, index, labels, palette, class names)
+Writer = Callable[[ImageFiles, int, torch.Tensor, np.ndarray, list[str]], None]
 
 
 def check_plain(scales: list[float], flip: bool, crf: bool) -> None:
@@ -42,10 +42,9 @@ def predict_exported(path: Path, dataset: ImageFiles, write: Writer) -> int:
     run = onnx_runner(path) if path.suffix == ".onnx" else program_runner(path)
     palette = voc_colormap()
     palette[: len(meta["palette"])] = np.array(meta["palette"], dtype=np.uint8)
-    keep_background = meta["classes"][0].lower() == "background"
     for index in range(len(dataset)):
         rgb = dataset.load_rgb(index)
         out = run(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None])[0]
         labels = out if meta["output"] == "labels" else out.argmax(0)
-        write(dataset, index, torch.from_numpy(labels.astype(np.int64)), palette, keep_background)
+        write(dataset, index, torch.from_numpy(labels.astype(np.int64)), palette, list(meta["classes"]))
     return len(dataset)

@@ -103,4 +103,7 @@ def compute_metrics(matrix: Tensor, class_names: Sequence[str]) -> dict[str, Any
         "per_class_iou": {
             name: (100 * float(v) if ok else None) for name, v, ok in zip(class_names, iou, present, strict=True)
         },
+        # classes with ground-truth pixels in the evaluated images: a mean over fewer than two is no comparison
+        "classes_present": int(has_gt.sum()),
+        "num_classes": len(class_names),
     }

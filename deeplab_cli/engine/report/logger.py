@@ -67,4 +67,12 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     rows.append("-" * 22)
     for key in ("mIoU", "pixel_accuracy", "mean_accuracy", "fw_iou"):
         rows.append(f"{key:<14}{metrics[key]:>8.2f}")
+    if "classes_present" in metrics:
+        present, total = metrics["classes_present"], metrics.get("num_classes", len(metrics["per_class_iou"]))
+        rows.append(f"classes present in the ground truth: {present} of {total}")
+        if present < 2:
+            rows.append(
+                f"WARNING: the evaluated images hold {present} class(es): this mIoU compares nothing "
+                "(a model predicting one class everywhere scores the same); evaluate on images with more classes"
+            )
     return "\n".join(rows)

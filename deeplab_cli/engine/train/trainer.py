@@ -212,10 +212,21 @@ class Trainer:
             return next(batches)
         except DatasetError as exc:
             raise DatasetError(
-                f"{user_message(exc)} Training stopped at iteration {it}; {self.last} (iteration {progress.saved}) "
-                "is intact. Fix or remove the file (deeplab-check-data lists every problem) or set "
-                "dataset.on_error=skip, then continue with resume=true and the same hydra.run.dir."
+                f"{user_message(exc)} Training stopped at iteration {it}; {self._kept(progress)} Fix or remove the "
+                "file (deeplab-check-data lists every problem) or set dataset.on_error=skip, then "
+                f"{self._again(progress)}"
             ) from None
+
+    def _kept(self, progress: Progress) -> str:
+        """What survives a stop: the checkpoint if one exists (never a file that is not there)."""
+        if self.last.is_file():
+            return f"{self.last} (iteration {progress.saved}) is intact."
+        return "no checkpoint was written yet (nothing is lost but these iterations)."
+
+    def _again(self, progress: Progress) -> str:
+        if self.last.is_file():
+            return f"continue with resume=true and the same hydra.run.dir ({self.run_dir})."
+        return "run the same command again."
 
     def _check_finite(self, step: StepResult, it: int, progress: Progress) -> None:
         """``on_nonfinite``: stop with the iteration and the last finite loss, or count and go on."""
@@ -241,7 +252,7 @@ class Trainer:
             else "no finite loss was seen in this run"
         )
         raise NonFiniteLoss(
-            f"iteration {it}: {what} ({before}). The step was not applied; {self.last} (iteration {progress.saved}) "
-            "is intact. Lower optim.lr, set trainer.grad_clip (e.g. 10), check the data, or set "
-            "trainer.on_nonfinite=skip; then continue with resume=true."
+            f"iteration {it}: {what} ({before}). The step was not applied; {self._kept(progress)} Lower optim.lr, "
+            "set trainer.grad_clip (e.g. 10), check the data, or set trainer.on_nonfinite=skip; then "
+            f"{self._again(progress)}"
         )
