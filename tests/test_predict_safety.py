@@ -157,3 +157,17 @@ def test_legend_names_each_class_shown_in_its_colour() -> None:
     for cls in (0, 2):
         assert (strip == pal[cls]).all(1).any(), f"swatch of class {cls} missing"
     assert not (strip == pal[1]).all(1).any()  # class 1 is not shown
+
+
+def test_export_never_replaces_a_file_it_did_not_write(workspace, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"someone's model")
+    args = [f"checkpoint={workspace['ckpt']}", f"out={out}", "verify.sizes=[[40,56]]"]
+    proc = cli("deeplab-export", *args, f"hydra.run.dir={tmp_path}/e1")
+    assert proc.returncode == 1 and "did not write" in proc.stderr
+    assert out.read_bytes() == b"someone's model"
+    out.unlink()
+    for run in ("e2", "e3"):  # its own file is replaced by a second export
+        proc = cli("deeplab-export", *args, f"hydra.run.dir={tmp_path}/{run}")
+        assert proc.returncode == 0, proc.stderr[-2000:]

@@ -37,6 +37,7 @@ from ..deploy.exporters import (
 )
 from ..deploy.verify import compare, file_images, generated_images, summary, tolerance
 from ..deploy.wrapper import OUTPUTS, DeployModel
+from ..engine.runtime.outputs import OutputFolder
 from ..models.weights.verify import sha256_file
 from . import _hydra
 
@@ -149,12 +150,15 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     check_options(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = out_path(cfg, run_dir)
+    outputs = OutputFolder(path.parent, "out", bool(cfg.overwrite))
+    outputs.claim([path.name])  # a file of the same name that deeplab-export did not write stays
     model, train_cfg, provenance = load_with_provenance(cfg, list(HydraConfig.get().overrides.task))
     mean, std, bgr = datasets.normalisation(train_cfg)
     deploy = DeployModel(model.float().eval(), mean, std, bgr, cfg.include_preprocess, cfg.output).eval()
     meta = {**metadata(cfg, train_cfg, mean, std, bgr), "init_weights": provenance.as_dict()}
     start = time.perf_counter()
     write(cfg, train_cfg, deploy, path, meta)
+    outputs.record(path.name)
     seconds = time.perf_counter() - start
     report = {"file": str(path), "format": cfg.format, "export_seconds": seconds, "metadata": meta}
     report["verify"] = verify(cfg, deploy, path)

@@ -283,6 +283,7 @@ class ExportConfig(EvalConfig):
 
     format: str = "onnx"  # onnx (run with ONNX Runtime; the export extra) | torch_export (.pt2, torch.export.load)
     out: Optional[str] = None  # default: <run dir>/model.onnx or model.pt2
+    overwrite: bool = False  # true: replace an out= file that deeplab-export did not write
     opset: int = 18  # ONNX opset, 18..23
     include_preprocess: bool = True  # input uint8 RGB (N, 3, H, W) 0..255; false: the normalised float tensor
     output: str = "logits"  # logits | probabilities (N, C, H, W float32) | labels (N, H, W int64)

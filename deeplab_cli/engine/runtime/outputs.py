@@ -112,6 +112,13 @@ class OutputFolder:
                 f"folder, or pass overwrite=true to replace them."
             )
 
+    def record(self, name: str) -> None:
+        """Enter a file written by other means (an exporter writing atomically itself) in the manifest."""
+        digest = _sha256(self.folder / name)
+        self.ours[name] = digest
+        with open(self.manifest, "a", encoding="utf-8") as f:  # one short line: an atomic append
+            f.write(json.dumps({"file": name, "sha256": digest}) + "\n")
+
     def write(self, name: str, save: Callable[[Path], None]) -> Path:
         """``save(tmp_path)`` then an atomic rename onto ``name``, recorded in the manifest."""
         path = self.folder / name
@@ -119,8 +126,5 @@ class OutputFolder:
         tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
         save(tmp)
         os.replace(tmp, path)
-        digest = _sha256(path)
-        self.ours[name] = digest
-        with open(self.manifest, "a", encoding="utf-8") as f:  # one short line: an atomic append
-            f.write(json.dumps({"file": name, "sha256": digest}) + "\n")
+        self.record(name)
         return path
