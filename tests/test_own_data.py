@@ -307,3 +307,12 @@ def test_zero_validation_images_is_an_error_not_a_score(tmp_path: Path) -> None:
 
 # The done-when of issue 29 (real CamVid frames in a flat folder, the pretrained Lite0 preset, a holdout with
 # zero overlap, the data untouched) is tests/test_guide_own_data.py: the guide's commands reproduce it.
+
+
+def test_masks_named_with_a_suffix_get_the_suffix_line(tmp_path: Path) -> None:
+    root = make_flat(tmp_path / "flat")
+    for p in (root / "masks").glob("*.png"):
+        p.rename(p.with_name(f"{p.stem}_mask.png"))
+    with pytest.raises(DataCheckError, match=r"img_\d+_mask.png is there: set dataset.mask_suffix=_mask.png"):
+        check_before_training(flat_cfg(root), tmp_path / "run")
+    check_before_training(flat_cfg(root, "dataset.mask_suffix=_mask.png"), tmp_path / "run2")  # the line works

@@ -111,7 +111,9 @@ def _output_folder(cfg: DictConfig, run_dir: Path, found: Inputs, dataset_roots:
     """``output=`` (default ``<run dir>/predictions``): outside the inputs and any dataset, replacing only our files."""
     out_dir = Path(cfg.output).expanduser() if cfg.output else run_dir / "predictions"
     protected = [(Path(r).expanduser(), "the dataset root (dataset.root)") for r in dataset_roots if r]
-    check_output_folder(out_dir, "output", found.folders, [(p, w) for p, w in protected if p.is_dir()], cfg.overwrite)
+    if cfg.output:  # the default, in the run dir, is this run's own wherever the run dir is
+        check_output_folder(out_dir, "output", found.folders, [(p, w) for p, w in protected if p.is_dir()],
+                            cfg.overwrite)  # fmt: skip
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

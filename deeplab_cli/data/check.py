@@ -140,6 +140,14 @@ def _file_names(folder: Path) -> set[str] | None:
         return None
 
 
+def _suffix_hint(base: str, names: set[str] | None) -> str | None:
+    """The ending of a file named ``<base><ending>`` in ``names`` (``_mask.png``, ``_label.png``), if one is there."""
+    for name in sorted(names or ()):
+        if name.startswith(base) and len(name) > len(base) and name[len(base)] in "._-":
+            return name[len(base):]
+    return None
+
+
 def _missing_dir_reason(what: str, layout: Layout) -> str:
     if what == "image":
         return (
@@ -184,6 +192,10 @@ def _existence(
             if scanned:
                 where = f"image {layout.image_path(split, stem)} has no mask of the same stem"
                 fix = f"add {path}, or set dataset.mask_dir/dataset.mask_suffix (now {layout.mask_suffix!r})"
+                base = path.name[: len(path.name) - len(layout.mask_suffix)]
+                suffix = _suffix_hint(base, names)
+                if what == "mask" and suffix is not None:
+                    fix = f"{base}{suffix} is there: set dataset.mask_suffix={suffix}"
                 problems.append(Problem(f"missing_{what}", str(path), f"{where}; {fix}"))
             else:
                 problems.append(
