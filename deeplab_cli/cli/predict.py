@@ -104,7 +104,7 @@ def _inputs(cfg: DictConfig, run_dir: Path) -> Inputs:
     kept = [i for i, f in enumerate(found.files) if f not in bad]
     if not kept:
         raise ConfigError(f"none of the {len(found.files)} input files can be read as images, e.g. {first} ({reason}).")
-    return Inputs([found.files[i] for i in kept], [found.ids[i] for i in kept], found.folders, found.unsearched)
+    return replace(found, files=[found.files[i] for i in kept], ids=[found.ids[i] for i in kept])
 
 
 def _output_folder(cfg: DictConfig, run_dir: Path, found: Inputs, dataset_roots: list[str]) -> OutputFolder:
@@ -113,7 +113,7 @@ def _output_folder(cfg: DictConfig, run_dir: Path, found: Inputs, dataset_roots:
     protected = [(Path(r).expanduser(), "the dataset root (dataset.root)") for r in dataset_roots if r]
     if cfg.output:  # the default, in the run dir, is this run's own wherever the run dir is
         check_output_folder(out_dir, "output", found.folders, [(p, w) for p, w in protected if p.is_dir()],
-                            cfg.overwrite)  # fmt: skip
+                            cfg.overwrite, inside=found.whole_folder)  # fmt: skip
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

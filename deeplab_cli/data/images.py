@@ -31,6 +31,8 @@ class Inputs:
     folders: list[Path]
     #: sub-folders of a folder input that were not searched (``recursive=false``)
     unsearched: list[Path]
+    #: a folder input: nothing may be written inside it (for a file or a glob, only its files' own folders)
+    whole_folder: bool = False
 
 
 def _is_image(path: Path) -> bool:
@@ -68,7 +70,7 @@ def resolve_inputs(spec: str, recursive: bool = False) -> Inputs:
             f"input={spec!r} matched no image{hint}: give an image file, a folder of images "
             f"({', '.join(IMAGE_SUFFIXES)}) or a quoted glob such as input='photos/**/*.jpg'."
         )
-    return Inputs(files, ids, folders, unsearched)
+    return Inputs(files, ids, folders, unsearched, path.is_dir())
 
 
 def unique_ids(files: list[Path]) -> list[str]:

@@ -43,17 +43,24 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_output_folder(
-    out: Path, key: str, input_folders: Iterable[Path], protected: Iterable[tuple[Path, str]], overwrite: bool
+    out: Path,
+    key: str,
+    input_folders: Iterable[Path],
+    protected: Iterable[tuple[Path, str]],
+    overwrite: bool,
+    inside: bool = True,
 ) -> None:
     """Refuse ``out`` (named by ``key``) inside an input folder or a protected folder, unless ``overwrite``.
 
-    ``protected`` pairs a folder with what it is (``"the dataset root (dataset.root)"``).
+    ``protected`` pairs a folder with what it is (``"the dataset root (dataset.root)"``). With
+    ``inside=False`` (single files or a glob as input) only the input files' own folders are refused.
     """
     if overwrite:
         return
     target = Path(os.path.realpath(out))
     for folder in input_folders:
-        if _inside(target, Path(os.path.realpath(folder))):
+        source = Path(os.path.realpath(folder))
+        if _inside(target, source) if inside else target == source:
             raise OutputError(
                 f"{key}={str(out)!r} is inside the input folder {str(folder)!r}: the outputs would land among (and "
                 f"could replace) the files they are made from. Choose a folder outside it, e.g. {key}="
