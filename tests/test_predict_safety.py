@@ -171,3 +171,15 @@ def test_export_never_replaces_a_file_it_did_not_write(workspace, tmp_path: Path
     for run in ("e2", "e3"):  # its own file is replaced by a second export
         proc = cli("deeplab-export", *args, f"hydra.run.dir={tmp_path}/{run}")
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_summary_keeps_an_out_file_it_did_not_write(tmp_path: Path, capsys) -> None:
+    from deeplab_cli.cli.summary import main
+
+    out = tmp_path / "summary.json"
+    out.write_text("my notes")
+    args = ["backbone.width_mult=0.125", "head.channels=16", "input=64", f"out={out}"]
+    assert main(args) == 1 and "did not write" in capsys.readouterr().err
+    assert out.read_text() == "my notes"
+    assert main([*args, "overwrite=true"]) == 0 and "gmacs" in json.loads(out.read_text())
+    assert main(args) == 0  # now it is its own file

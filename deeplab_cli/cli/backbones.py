@@ -2,7 +2,7 @@
 
 Usage::
 
-    deeplab-backbones [PATTERN ...] [input=256] [out=docs/timm_backbones.md]
+    deeplab-backbones [PATTERN ...] [input=256] [out=docs/timm_backbones.md [overwrite=true]]
 
 For every timm model name matching the patterns (``timm.list_models`` wildcards;
 all of them by default) and every output stride, the backbone is built exactly as
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..engine.runtime.outputs import write_texts
+from ..errors import DeepLabError
 from ..models.backbones.timm_encoder import OUTPUT_STRIDES, TimmBackbone, TimmModelError, import_timm, probe
 
 DEFAULT_INPUT = 256
@@ -86,9 +88,10 @@ def markdown(rows: list[Support], size: int, seconds: float) -> str:
     lines = [
         "# timm models as DeepLab backbones",
         "",
-        f"Made by `deeplab-backbones input={size} out=docs/timm_backbones.md` with timm {timm.__version__} and "
-        f"torch {torch.__version__} in {seconds / 60:.1f} min: every model built as `backbone=timm "
-        f"backbone.model=NAME model.output_stride=S` builds it, on the meta device, and run on a {size}x{size} image.",
+        f"Made by `deeplab-backbones input={size} out=docs/timm_backbones.md overwrite=true` with timm "
+        f"{timm.__version__} and torch {torch.__version__} in {seconds / 60:.1f} min: every model built as "
+        f"`backbone=timm backbone.model=NAME model.output_stride=S` builds it, on the meta device, and run on a "
+        f"{size}x{size} image.",
         "",
         f"Of {len(rows)} timm architectures, **{count[8]} run at output stride 8, {count[16]} at 16 and {count[32]} "
         f"at 32**; {v3plus} of those that run have the stride-4 feature the v3+ decoder needs. `yes`: it works; "
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in args):
         print(__doc__)
         return 0
-    size, out, patterns = DEFAULT_INPUT, None, []
+    size, out, patterns, overwrite = DEFAULT_INPUT, None, [], False
     for arg in args:
         key, _, value = arg.partition("=")
         if key == "input":
@@ -122,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             size = int(value)
         elif key == "out":
             out = value
+        elif key == "overwrite" and value in ("true", "false"):
+            overwrite = value == "true"
         elif "=" in arg:
-            print(f"Error: unknown option {key!r} in {arg!r}; the options are input=N and out=FILE, and the "
+            print(f"Error: unknown option {key!r} in {arg!r}; the options are input=N, out=FILE and overwrite=true, "
+                  "and the "
                   "other arguments are timm name patterns (deeplab-backbones --help).", file=sys.stderr)  # fmt: skip
             return 2
         else:
@@ -141,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(names)}] {name}: OS {' '.join(map(str, r.works)) or 'none'}", file=sys.stderr, flush=True)
     text = markdown(rows, size, time.perf_counter() - start)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        try:  # a file of that name that deeplab-backbones did not write is kept
+            write_texts({Path(out): text}, "out", overwrite)
+        except DeepLabError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
         print(f"Wrote {out}", file=sys.stderr)
     else:
         print(text)

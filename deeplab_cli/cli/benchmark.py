@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..engine.runtime.outputs import write_texts
+from ..errors import ConfigError, DeepLabError
 from ..tools.benchmark.report import report_text
 from ..tools.benchmark.run import run, run_onnx
 from ..tools.benchmark.settings import OPTIONS, UsageError, parse_args, resolve_device
@@ -71,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if settings.out is not None:
         path = Path(settings.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        path.with_suffix(".md").write_text(text + "\n")
+        files = {path: json.dumps(result, indent=2) + "\n", path.with_suffix(".md"): text + "\n"}
+        try:  # files of those names that deeplab-benchmark did not write are kept
+            write_texts(files, "out", settings.overwrite)
+        except DeepLabError as exc:
+            print(f"benchmark: {exc}", file=sys.stderr)
+            return 1
         print(f"Wrote {path} and {path.with_suffix('.md')}")
     return 0
 

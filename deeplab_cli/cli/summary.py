@@ -23,19 +23,22 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config.compose import compose
+from ..engine.runtime.outputs import write_texts
 from ..errors import DeepLabError
 from ..tools.flops import DEFAULT_INPUT, SummaryUsageError, parse_input, report, summarize
 from ._hydra import one_line
 
-USAGE = "usage: deeplab-summary [OVERRIDE ...] [input=513 | input=HxW] [out=FILE.json] [--json]"
+USAGE = "usage: deeplab-summary [OVERRIDE ...] [input=513 | input=HxW] [out=FILE.json [overwrite=true]] [--json]"
 
 
 def split_args(args: list[str]) -> tuple[list[str], tuple[int, int], str | None, bool]:
-    """``(hydra overrides, input size, out file, json)`` from the command line."""
+    """``(hydra overrides, input size, out file, json)`` from the command line (``overwrite=`` read by main)."""
     overrides, size, out, as_json = [], (DEFAULT_INPUT, DEFAULT_INPUT), None, False
     for arg in args:
         if arg == "--json":
             as_json = True
+        elif arg in ("overwrite=true", "overwrite=false"):
+            continue
         elif arg.startswith("input="):
             size = parse_input(arg.split("=", 1)[1])
         elif arg.startswith("out="):
@@ -68,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(record, indent=2) if as_json else report(record))
     if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        try:  # a file of that name that deeplab-summary did not write is kept
+            write_texts({Path(out): json.dumps(record, indent=2) + "\n"}, "out", "overwrite=true" in args)
+        except DeepLabError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -135,3 +135,15 @@ class OutputFolder:
         os.replace(tmp, path)
         self.record(name)
         return path
+
+
+def write_texts(files: dict[Path, str], key: str, overwrite: bool = False) -> None:
+    """Write each ``path: text`` through an :class:`OutputFolder`: all checked first, then written."""
+    folders: dict[Path, OutputFolder] = {}
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folders.setdefault(path.parent, OutputFolder(path.parent, key, overwrite))
+    for folder in folders.values():
+        folder.claim([p.name for p in files if p.parent == folder.folder])
+    for path, text in files.items():
+        folders[path.parent].write(path.name, lambda tmp, text=text: tmp.write_text(text))

@@ -95,6 +95,7 @@ OPTIONS: dict[str, Option] = {
     "data": Option("true", "true|false", _bool),
     "workers": Option("2", "an integer >= 0", _int(0)),
     "out": Option("null", "null or a path ending in .json", _optional(_path)),
+    "overwrite": Option("false", "true|false (replace out= files deeplab-benchmark did not write)", _bool),
     "threads": Option("null", "null or an integer >= 1", _optional(_int(1))),
     "rounds": Option("5", "an integer >= 1 (ours and the reference timed in turn, this many times each)", _int(1)),
 }
@@ -119,6 +120,7 @@ class Settings:
     data: bool
     workers: int
     out: str | None
+    overwrite: bool
     threads: int | None
     rounds: int
 
