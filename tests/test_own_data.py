@@ -24,6 +24,7 @@ from deeplab_cli.config.preflight import check_before_training, check_skipped
 from deeplab_cli.data.check import DataCheckError, check_split
 from deeplab_cli.data.holdout import Holdout, split_holdout
 from deeplab_cli.data.labels import LabelMapping
+from deeplab_cli.data.layout import DatasetError
 from deeplab_cli.data.segmentation import SampleError, load_image, load_mask
 from deeplab_cli.engine.eval.metrics import compute_metrics
 from deeplab_cli.engine.report.logger import format_table
@@ -316,3 +317,14 @@ def test_masks_named_with_a_suffix_get_the_suffix_line(tmp_path: Path) -> None:
     with pytest.raises(DataCheckError, match=r"img_\d+_mask.png is there: set dataset.mask_suffix=_mask.png"):
         check_before_training(flat_cfg(root), tmp_path / "run")
     check_before_training(flat_cfg(root, "dataset.mask_suffix=_mask.png"), tmp_path / "run2")  # the line works
+
+
+def test_a_flat_folder_of_png_photos_gets_the_suffix_line(tmp_path: Path) -> None:
+    root = make_flat(tmp_path / "flat")
+    for p in (root / "images").glob("*.jpg"):
+        Image.open(p).save(p.with_suffix(".png"))
+        p.unlink()
+    with pytest.raises(DatasetError, match=r"end in \.png, not dataset.image_suffix='.jpg'; add dataset.image_suffix="):
+        dataset_layout(flat_cfg(root).dataset, ["train", "val"])
+    layout = dataset_layout(flat_cfg(root, "dataset.image_suffix=.png").dataset, ["train", "val"])
+    assert len(layout.listing("val").stems) == 4

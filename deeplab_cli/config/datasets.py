@@ -135,7 +135,15 @@ def flat_dirs(dataset: DictConfig, root: str, splits: list[str]) -> tuple[str, s
         return None
     if any((base / dataset.image_dir.format(split=s)).is_dir() for s in splits):
         return None
-    if not any(p.name.endswith(dataset.image_suffix) for p in (base / image_dir).iterdir()):
+    names = [p.name for p in (base / image_dir).iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not any(n.endswith(dataset.image_suffix) for n in names):
+        found = sorted({Path(n).suffix for n in names if Path(n).suffix})[:6]
+        if found:
+            raise DatasetError(
+                f"{base / image_dir} holds the images with no split sub-folders, but its files end in "
+                f"{', '.join(found)}, not dataset.image_suffix={dataset.image_suffix!r}; add "
+                f"dataset.image_suffix={found[0]} (and dataset.mask_suffix if the masks end otherwise)."
+            )
         return None
     if image_dir not in _FLAT_SEEN:
         _FLAT_SEEN.add(image_dir)

@@ -64,7 +64,7 @@ def check_output_folder(
             raise OutputError(
                 f"{key}={str(out)!r} is inside the input folder {str(folder)!r}: the outputs would land among (and "
                 f"could replace) the files they are made from. Choose a folder outside it, e.g. {key}="
-                f"{Path(folder).name}_predictions, or pass overwrite=true if you mean it."
+                f"{Path(os.path.realpath(folder)).name}_predictions, or pass overwrite=true if you mean it."
             )
     for folder, what in protected:
         if _inside(target, Path(os.path.realpath(folder))):
