@@ -16,6 +16,7 @@ SPEC = SyntheticSpec(num_train=3, num_val=2)
 TINY_TRAIN = [
     "dataset.crop_size=65", "trainer.batch_size=2", "trainer.max_iters=1", "trainer.progress=false",
     "dataset.num_workers=0", "dataset.subset=1", "backbone.width_mult=0.125", "head.channels=16",
+    "dataset.allow_absent_classes=true",  # the 4 training images of the VOC sample hold 8 of the 21 classes
 ]  # fmt: skip
 HAS_CRF = importlib.util.find_spec("pydensecrf") is not None
 
@@ -92,7 +93,8 @@ def _commands(root: Path, ckpt: dict[str, Path], tmp: Path) -> list[tuple[int, l
              "eval.batch_size=2", "eval.cache=true", f"eval.cache_dir={tmp / 'cache'}", "dataset.subset=2"]),
         (0, ["deeplab-eval", run, f"checkpoint={ckpt['voc']}", "eval.export=voc_test", "eval.split=val"]),
         (0, ["deeplab-predict", run, f"checkpoint={ckpt['voc']}", f"input={voc / 'JPEGImages'}"]),
-        (0, ["deeplab-check-data", run, "dataset=voc", f"dataset.root={root}", "dataset.split=[train,val]"]),
+        (0, ["deeplab-check-data", run, "dataset=voc", f"dataset.root={root}", "dataset.split=[train,val]",
+             "dataset.allow_absent_classes=true"]),
         (1, ["deeplab-check-data", run, f"dataset.root={root}"]),
     ]  # fmt: skip
     if HAS_CRF:

@@ -47,10 +47,11 @@ SHRINK = {
     "deeplab-train": [
         "trainer.max_iters=1", "trainer.batch_size=2", "dataset.crop_size=65", "dataset.subset=1",
         "dataset.num_workers=0", "trainer.progress=false", "model.pretrained=false",
+        "dataset.allow_absent_classes=true",  # the 4 training images of the VOC sample hold 8 of the 21 classes
     ],
     "deeplab-eval": ["dataset.subset=1", "eval.num_workers=0", "eval.progress=false", "eval.plots=false"],
     "deeplab-predict": ["eval.num_workers=0", "eval.progress=false"],
-    "deeplab-check-data": ["progress=false", "workers=2"],
+    "deeplab-check-data": ["progress=false", "workers=2", "dataset.allow_absent_classes=true"],
     "deeplab-split": ["progress=false", "workers=2"],
     "deeplab-export": ["verify.sizes=[[64,80]]"],
     "scripts/benchmark_slide.py": ["size=96x64", "window=48", "stride=32", "threads=2"],
