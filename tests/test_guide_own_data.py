@@ -31,6 +31,7 @@ SHRINK = {
         "dataset.num_workers=0",
     ],  # fmt: skip
     "deeplab-check-data": ["progress=false"],
+    "deeplab-export": ["verify.sizes=[[64,80]]"],
 }
 
 
