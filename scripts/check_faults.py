@@ -235,7 +235,7 @@ FAULTS: tuple[Fault, ...] = (
           "    if False and layout.is_flat and dataset.get(\"holdout\") is not None",
           (f"{OD}::test_flat_folder_gets_a_disjoint_deterministic_stratified_holdout",)),
     Fault("overlapping splits not checked", "deeplab_cli/data/preflight.py", "overlap_problems",
-          "            if not shared:\n                continue", "            if True:\n                continue",
+          "        if not shared:\n            continue", "        if True:\n            continue",
           (f"{OD}::test_train_equal_to_val_is_refused_with_the_count_and_examples",
            f"{OD}::test_overlapping_split_lists_are_refused")),
     Fault("absent classes not refused (0/255 masks give mIoU 100)", "deeplab_cli/data/preflight.py",

@@ -64,9 +64,9 @@ def run_check(cfg: DictConfig, run_dir: Path) -> list[Problem]:
         checked[split] = result.count
         if result.stats is not None:
             stats[split] = result.stats
-    if not dataset.allow_overlap and len(splits) > 1:
-        problems += overlap_problems(layout, splits)
     train = train_split(dataset)
+    if not dataset.allow_overlap and train in splits:
+        problems += overlap_problems(layout, train, [s for s in splits if s != train])
     if train in stats and not dataset.allow_absent_classes:
         found = stats[train]
         problems += absent_class_problems(layout, train, found, names, layout.listing(train).stems, dataset.num_classes)

@@ -73,7 +73,7 @@ def check_before_training(cfg: DictConfig, run_dir: Path, deep: bool = True, wor
         return Preflight([], {})
     fatal: list[Problem] = []
     if not d.allow_overlap:
-        fatal += overlap_problems(layout, splits + _test_split(cfg, layout))
+        fatal += overlap_problems(layout, train_split(d), [val_split(d), *_test_split(cfg, layout)])
     skipped: list[Problem] = []
     sizes: dict[str, int] = {}
     for split in splits:

@@ -30,30 +30,32 @@ def _resolved_images(layout: Layout, split: str) -> dict[str, Path]:
     }
 
 
-def overlap_problems(layout: Layout, splits: Sequence[str]) -> list[Problem]:
-    """One problem per pair of ``splits`` whose image files overlap, with the count and examples."""
-    files = {split: _resolved_images(layout, split) for split in dict.fromkeys(splits)}
-    names = list(files)
+def overlap_problems(layout: Layout, train: str, others: Sequence[str]) -> list[Problem]:
+    """One problem per split of ``others`` that shares image files with ``train``, with the count and examples.
+
+    Only the training split's overlaps make a number wrong (validation and test may share files:
+    VOC's test list is often its val list when no test images are at hand).
+    """
+    files = {split: _resolved_images(layout, split) for split in dict.fromkeys([train, *others])}
     problems = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            shared = sorted(set(files[a]) & set(files[b]))
-            if not shared:
-                continue
-            examples = ", ".join(str(files[a][f]) for f in shared[:_EXAMPLES])
-            flat = (
-                " The image folder has no split sub-folders and no split lists: keep dataset.holdout (e.g. 0.2) so a "
-                "holdout split is cut from it;"
-                if layout.is_flat
-                else ""
-            )
-            reason = (
-                f"splits {a!r} ({len(files[a])} images) and {b!r} ({len(files[b])} images) share {len(shared)} "
-                f"image file(s), e.g. {examples}: validation on them measures the training set.{flat} give each split "
-                "its own files (dataset.image_dir with {split}, or dataset.split_list), or pass "
-                "dataset.allow_overlap=true if you mean it"
-            )
-            problems.append(Problem("overlap", str(files[a][shared[0]]), reason))
+    for a, b in ((train, other) for other in files if other != train):
+        shared = sorted(set(files[a]) & set(files[b]))
+        if not shared:
+            continue
+        examples = ", ".join(str(files[a][f]) for f in shared[:_EXAMPLES])
+        flat = (
+            " The image folder has no split sub-folders and no split lists: keep dataset.holdout (e.g. 0.2) so a "
+            "holdout split is cut from it;"
+            if layout.is_flat
+            else ""
+        )
+        reason = (
+            f"splits {a!r} ({len(files[a])} images) and {b!r} ({len(files[b])} images) share {len(shared)} "
+            f"image file(s), e.g. {examples}: validation on them measures the training set.{flat} give each split "
+            "its own files (dataset.image_dir with {split}, or dataset.split_list), or pass "
+            "dataset.allow_overlap=true if you mean it"
+        )
+        problems.append(Problem("overlap", str(files[a][shared[0]]), reason))
     return problems
 
 
