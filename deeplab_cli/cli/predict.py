@@ -118,7 +118,8 @@ def _output_folder(cfg: DictConfig, run_dir: Path, found: Inputs, dataset_roots:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"output={str(out_dir)!r} cannot be created ({exc}); choose a writable folder.") from exc
-    folder = OutputFolder(out_dir, "output", bool(cfg.overwrite))
+    # the default folder is inside this command's own run dir: nothing there is the user's
+    folder = OutputFolder(out_dir, "output", bool(cfg.overwrite) or not cfg.output)
     folder.claim(_Outputs.names(found.ids))
     return folder
 

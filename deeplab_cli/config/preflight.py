@@ -45,9 +45,10 @@ class Preflight:
 
 
 def _test_split(cfg: DictConfig, layout: Any) -> list[str]:
-    """The test split too when it has images of its own (a missing test folder or list is common)."""
+    """The test split too when it has images of its own (a missing test folder or list is common); not for a
+    fold of ``deeplab-split``, whose training split pools other splits than the dataset's own."""
     d = cfg.dataset
-    if d.test_split in (train_split(d), val_split(d)) or layout.is_flat:
+    if d.test_split in (train_split(d), val_split(d)) or layout.is_flat or d.get("fold") is not None:
         return []
     try:
         return [d.test_split] if layout.listing(d.test_split).stems else []
